@@ -1,0 +1,293 @@
+"""LeRobot dataset metadata (v2.1 and v3.0): info.json, episodes, tasks, file paths.
+
+Everything here is read once when a dataset is opened; the frame data itself lives in lerobot_read.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUPPORTED_VERSIONS = ("v2.1", "v3.0")
+# Columns lerobot adds to every dataset; all shape [1].
+DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+VISUAL_DTYPES = ("image", "video")
+
+
+class LeRobotFormatError(ValueError):
+    """A dataset file is missing, corrupt or not what the LeRobot format says it should be."""
+
+
+def read_json(path: pathlib.Path) -> Any:
+    if not path.is_file():
+        raise LeRobotFormatError(f"{path}: file is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LeRobotFormatError(f"{path}: not valid JSON ({err})") from err
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    if not path.is_file():
+        raise LeRobotFormatError(f"{path}: file is missing")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise LeRobotFormatError(f"{path}:{line_no}: not valid JSON ({err})") from err
+    return rows
+
+
+def read_parquet(path: pathlib.Path, columns: list[str] | None = None) -> pa.Table:
+    """pq.read_table with errors that name the file."""
+    if not path.is_file():
+        raise LeRobotFormatError(f"{path}: parquet file is missing")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise LeRobotFormatError(f"{path}: cannot read parquet ({err})") from err
+
+
+def image_hwc_shape(feature: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(H, W, C) of an image/video feature, using `names` because some writers declare CHW shapes."""
+    shape = tuple(int(s) for s in feature["shape"])
+    names = feature.get("names")
+    if len(shape) != 3:
+        raise LeRobotFormatError(f"image feature shape {shape} is not 3-D")
+    if isinstance(names, list) and len(names) == 3 and all(isinstance(n, str) for n in names):
+        lowered = [n.lower() for n in names]
+        if {"height", "width", "channels"} <= set(lowered) or {"height", "width", "channel"} <= set(lowered):
+            pick = {n.rstrip("s"): s for n, s in zip(lowered, shape, strict=True)}
+            return pick["height"], pick["width"], pick["channel"]
+    if shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
+        return shape[1], shape[2], shape[0]
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeTable:
+    """Per-episode metadata as numpy columns (row i describes episodes[i])."""
+
+    episode_index: np.ndarray  # int64 (E,)
+    length: np.ndarray  # int64 (E,)
+    dataset_from_index: np.ndarray  # int64 (E,), global `index` range, end exclusive
+    dataset_to_index: np.ndarray
+    tasks: list[list[str]]
+    data_file: list[tuple[int, int]]  # v3.0: (chunk_index, file_index); v2.1: (episode_chunk, episode_index)
+    # per video key: (E,) chunk, (E,) file, (E,) from_timestamp float64 seconds inside the mp4
+    video_chunk: dict[str, np.ndarray]
+    video_file: dict[str, np.ndarray]
+    video_from_timestamp: dict[str, np.ndarray]
+    video_to_timestamp: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.episode_index)
+
+
+@dataclasses.dataclass
+class DatasetMeta:
+    """What `LeRobotDataset.meta` exposes: fps, features, episodes, tasks, plus the raw info.json."""
+
+    root: pathlib.Path
+    info: dict[str, Any]
+    episodes: EpisodeTable
+    tasks: list[str]  # position = task_index
+    stats: dict[str, Any] | None
+
+    @property
+    def version(self) -> str:
+        return self.info["codebase_version"]
+
+    @property
+    def fps(self) -> int:
+        return int(self.info["fps"])
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return self.info["features"]
+
+    @property
+    def robot_type(self) -> str | None:
+        return self.info.get("robot_type")
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.info["total_frames"])
+
+    @property
+    def total_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] == "video"]
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] == "image"]
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] in VISUAL_DTYPES]
+
+    def data_path(self, episode_pos: int) -> pathlib.Path:
+        chunk, file = self.episodes.data_file[episode_pos]
+        template = self.info["data_path"]
+        if self.version == "v2.1":
+            return self.root / template.format(episode_chunk=chunk, episode_index=file)
+        return self.root / template.format(chunk_index=chunk, file_index=file)
+
+    def video_path(self, key: str, episode_pos: int) -> pathlib.Path:
+        template = self.info["video_path"]
+        if self.version == "v2.1":
+            ep = int(self.episodes.episode_index[episode_pos])
+            chunk = ep // int(self.info.get("chunks_size", 1000))
+            return self.root / template.format(episode_chunk=chunk, video_key=key, episode_index=ep)
+        chunk = int(self.episodes.video_chunk[key][episode_pos])
+        file = int(self.episodes.video_file[key][episode_pos])
+        return self.root / template.format(video_key=key, chunk_index=chunk, file_index=file)
+
+
+def load_info(root: pathlib.Path) -> dict[str, Any]:
+    info = read_json(root / "meta" / "info.json")
+    path = root / "meta" / "info.json"
+    if not isinstance(info, dict):
+        raise LeRobotFormatError(f"{path}: expected a JSON object")
+    version = info.get("codebase_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise LeRobotFormatError(
+            f"{path}: unknown codebase_version {version!r}; this reader supports {', '.join(SUPPORTED_VERSIONS)}"
+        )
+    for field in ("fps", "features", "data_path"):
+        if field not in info:
+            raise LeRobotFormatError(f"{path}: required field {field!r} is missing")
+    for key, feature in info["features"].items():
+        if not isinstance(feature, dict) or "dtype" not in feature or "shape" not in feature:
+            raise LeRobotFormatError(f"{path}: feature {key!r} lacks dtype/shape")
+    return info
+
+
+def _episodes_v21(root: pathlib.Path, info: dict, video_keys: list[str]) -> EpisodeTable:
+    rows = sorted(read_jsonl(root / "meta" / "episodes.jsonl"), key=lambda r: r["episode_index"])
+    ep = np.array([r["episode_index"] for r in rows], dtype=np.int64)
+    length = np.array([r["length"] for r in rows], dtype=np.int64)
+    to = np.cumsum(length)
+    chunks_size = int(info.get("chunks_size", 1000))
+    zeros = np.zeros(len(rows), dtype=np.float64)
+    return EpisodeTable(
+        episode_index=ep,
+        length=length,
+        dataset_from_index=to - length,
+        dataset_to_index=to,
+        tasks=[list(r.get("tasks", [])) for r in rows],
+        data_file=[(int(e) // chunks_size, int(e)) for e in ep],
+        video_chunk={k: ep // chunks_size for k in video_keys},
+        video_file={k: ep.copy() for k in video_keys},
+        video_from_timestamp={k: zeros.copy() for k in video_keys},
+        video_to_timestamp={k: length / float(info["fps"]) for k in video_keys},
+    )
+
+
+def _episodes_v30(root: pathlib.Path, video_keys: list[str]) -> EpisodeTable:
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise LeRobotFormatError(f"{root / 'meta' / 'episodes'}: no episode parquet files")
+    wanted = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index"]
+    wanted += ["dataset_from_index", "dataset_to_index"]
+    for k in video_keys:
+        wanted += [f"videos/{k}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+    tables = []
+    for path in files:
+        schema = _read_schema(path)
+        missing = [c for c in wanted if c not in schema.names]
+        if missing:
+            raise LeRobotFormatError(f"{path}: episode columns missing: {missing}")
+        tables.append(read_parquet(path, columns=wanted))
+    table = pa.concat_tables(tables)
+    order = np.argsort(table.column("episode_index").to_numpy(), kind="stable")
+    col = {c: table.column(c) for c in wanted}
+
+    def ints(name: str) -> np.ndarray:
+        return col[name].to_numpy().astype(np.int64)[order]
+
+    data_chunk, data_file = ints("data/chunk_index"), ints("data/file_index")
+    tasks = col["tasks"].to_pylist()
+    return EpisodeTable(
+        episode_index=ints("episode_index"),
+        length=ints("length"),
+        dataset_from_index=ints("dataset_from_index"),
+        dataset_to_index=ints("dataset_to_index"),
+        tasks=[list(tasks[i] or []) for i in order],
+        data_file=list(zip(data_chunk.tolist(), data_file.tolist(), strict=True)),
+        video_chunk={k: ints(f"videos/{k}/chunk_index") for k in video_keys},
+        video_file={k: ints(f"videos/{k}/file_index") for k in video_keys},
+        video_from_timestamp={
+            k: col[f"videos/{k}/from_timestamp"].to_numpy().astype(np.float64)[order] for k in video_keys
+        },
+        video_to_timestamp={
+            k: col[f"videos/{k}/to_timestamp"].to_numpy().astype(np.float64)[order] for k in video_keys
+        },
+    )
+
+
+def _read_schema(path: pathlib.Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+        raise LeRobotFormatError(f"{path}: cannot read parquet ({err})") from err
+
+
+def load_tasks(root: pathlib.Path, version: str) -> list[str]:
+    if version == "v2.1":
+        rows = read_jsonl(root / "meta" / "tasks.jsonl")
+        pairs = [(int(r["task_index"]), str(r["task"])) for r in rows]
+    else:
+        path = root / "meta" / "tasks.parquet"
+        table = read_parquet(path)
+        # The task string is a pandas index: "__index_level_0__" (lerobot 0.4.4) or "task" (newer writers).
+        names = [n for n in table.column_names if n != "task_index"]
+        if "task_index" not in table.column_names or len(names) != 1:
+            raise LeRobotFormatError(f"{path}: expected columns task_index and one task-string column, got {names}")
+        pairs = list(zip(table.column("task_index").to_pylist(), table.column(names[0]).to_pylist(), strict=True))
+    tasks: list[str] = [""] * len(pairs)
+    for index, task in pairs:
+        if not 0 <= index < len(pairs):
+            raise LeRobotFormatError(f"{root}/meta: task_index {index} out of range 0..{len(pairs) - 1}")
+        tasks[index] = task
+    return tasks
+
+
+def load_meta(root: str | pathlib.Path) -> DatasetMeta:
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise LeRobotFormatError(f"{root}: dataset directory does not exist")
+    info = load_info(root)
+    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    if info["codebase_version"] == "v2.1":
+        episodes = _episodes_v21(root, info, video_keys)
+    else:
+        episodes = _episodes_v30(root, video_keys)
+    stats_path = root / "meta" / "stats.json"
+    stats = read_json(stats_path) if stats_path.is_file() else None
+    meta = DatasetMeta(
+        root=root, info=info, episodes=episodes, tasks=load_tasks(root, info["codebase_version"]), stats=stats
+    )
+    if video_keys and not info.get("video_path"):
+        raise LeRobotFormatError(f"{root / 'meta' / 'info.json'}: video features present but video_path is null")
+    return meta

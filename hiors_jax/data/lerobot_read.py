@@ -1,0 +1,389 @@
+"""Read LeRobot v2.1 / v3.0 datasets into numpy, item by item or a batch at a time, exactly like lerobot.
+
+Item layout follows lerobot's `__getitem__`: every parquet feature keyed by its name, video features decoded
+by timestamp, `task` as a string, and for `delta_timestamps` keys a window of steps with `<key>_is_pad`.
+Images come back as uint8 HWC; shape-[1] features as 0-d arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image, UnidentifiedImageError
+
+from hiors_jax.data.lerobot_meta import (
+    DatasetMeta,
+    LeRobotFormatError,
+    image_hwc_shape,
+    load_meta,
+    read_parquet,
+)
+from hiors_jax.data.lerobot_video import VideoFileCache
+
+DEFAULT_TOLERANCE_S = 1e-4
+
+
+class FrameSource(Protocol):
+    """Something that returns decoded frames for rows of one camera (e.g. the uint8 memmap cache)."""
+
+    def frames(self, key: str, rows: np.ndarray) -> np.ndarray: ...
+
+
+def delta_indices_from_timestamps(
+    delta_timestamps: Mapping[str, Sequence[float]] | None, fps: int, features: Mapping[str, Any], tolerance_s: float
+) -> dict[str, np.ndarray]:
+    """lerobot's check: every offset must be a multiple of 1/fps within tolerance; returns round(dt*fps)."""
+    if not delta_timestamps:
+        return {}
+    result = {}
+    for key, offsets in delta_timestamps.items():
+        if key not in features:
+            raise ValueError(f"delta_timestamps key {key!r} is not a dataset feature ({sorted(features)})")
+        offsets = np.asarray(list(offsets), dtype=np.float64)
+        if offsets.ndim != 1 or offsets.size == 0:
+            raise ValueError(f"delta_timestamps[{key!r}] must be a non-empty list of seconds")
+        steps = np.round(offsets * fps)
+        bad = np.abs(offsets - steps / fps) > tolerance_s
+        if bad.any():
+            raise ValueError(
+                f"delta_timestamps[{key!r}] has offsets {offsets[bad].tolist()} that are not multiples of "
+                f"1/fps (fps={fps}) within {tolerance_s}s"
+            )
+        result[key] = steps.astype(np.int64)
+    return result
+
+
+def decode_png(data: bytes, where: str) -> np.ndarray:
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise LeRobotFormatError(f"{where}: cannot decode image bytes ({err})") from err
+
+
+class _Columns:
+    """All data-parquet rows of one dataset, as numpy columns (tabular) and PNG byte arrays (images)."""
+
+    def __init__(self, meta: DatasetMeta):
+        paths: list[pathlib.Path] = []
+        for pos in range(len(meta.episodes)):
+            path = meta.data_path(pos)
+            if not paths or paths[-1] != path:
+                if path not in paths:
+                    paths.append(path)
+        self.tabular: dict[str, np.ndarray] = {}
+        self.images: dict[str, pa.Array] = {}
+        self.row_source: list[tuple[pathlib.Path, int]] = []  # (file, rows) for error messages
+        parquet_keys = [k for k, f in meta.features.items() if f["dtype"] != "video"]
+        tables = []
+        for path in paths:
+            table = read_parquet(path)
+            missing = [k for k in parquet_keys if k not in table.column_names]
+            if missing:
+                raise LeRobotFormatError(f"{path}: columns {missing} declared in info.json are missing")
+            tables.append(table.select(parquet_keys))
+            self.row_source.append((path, table.num_rows))
+        table = pa.concat_tables(tables) if tables else None
+        if table is None:
+            raise LeRobotFormatError(f"{meta.root}: dataset has no data files")
+        order = np.argsort(table.column("index").to_numpy(), kind="stable")
+        if (order != np.arange(len(order))).any():
+            table = table.take(pa.array(order))
+        for key in parquet_keys:
+            feature = meta.features[key]
+            column = table.column(key)
+            if feature["dtype"] == "image":
+                self.images[key] = pc.struct_field(column.combine_chunks(), "bytes")
+            else:
+                self.tabular[key] = _to_numpy(column, feature, key)
+        self.num_rows = table.num_rows
+
+    def where(self, row: int) -> str:
+        start = 0
+        for path, rows in self.row_source:
+            if row < start + rows:
+                return f"{path} row {row - start}"
+            start += rows
+        return f"row {row}"
+
+
+def _to_numpy(column: pa.ChunkedArray, feature: Mapping[str, Any], key: str) -> np.ndarray:
+    dtype = np.dtype(feature["dtype"]) if feature["dtype"] not in ("string",) else object
+    shape = tuple(int(s) for s in feature["shape"])
+    array = column.combine_chunks()
+    while pa.types.is_fixed_size_list(array.type) or pa.types.is_list(array.type):
+        array = array.flatten()
+    values = array.to_numpy(zero_copy_only=False)
+    if shape == (1,):
+        return values.astype(dtype, copy=False).reshape(len(column))
+    return values.astype(dtype, copy=False).reshape((len(column), *shape))
+
+
+class LeRobotDataset:
+    """A local LeRobot dataset (v2.1 or v3.0) read with pyarrow + PyAV; no torch.
+
+    `delta_timestamps={key: [seconds, ...]}` returns windows around each frame with `<key>_is_pad`, padded by
+    repeating the episode's edge frame exactly as lerobot does.
+    """
+
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        tolerance_s: float = DEFAULT_TOLERANCE_S,
+        video_threads: int = 1,
+    ):
+        self.root = pathlib.Path(root)
+        self.delta_timestamps = {k: list(v) for k, v in (delta_timestamps or {}).items()}
+        self.tolerance_s = tolerance_s
+        self.video_threads = video_threads
+        self.meta = load_meta(self.root)
+        self.delta_indices = delta_indices_from_timestamps(
+            self.delta_timestamps, self.meta.fps, self.meta.features, tolerance_s
+        )
+        self._cols = _Columns(self.meta)
+        self._check_episode_ranges()
+        self._videos = VideoFileCache(threads=video_threads)
+        self._video_paths = {
+            k: [self.meta.video_path(k, e) for e in range(len(self.meta.episodes))] for k in self.meta.video_keys
+        }
+        self.frame_source: FrameSource | None = None
+
+    # Pickling re-opens from the root, so worker processes get their own files and decoders.
+    def __reduce__(self):
+        return (type(self), (self.root, self.delta_timestamps, self.tolerance_s, self.video_threads))
+
+    def _check_episode_ranges(self) -> None:
+        eps = self.meta.episodes
+        index = self._cols.tabular["index"]
+        if len(index) and (index != np.arange(index[0], index[0] + len(index))).any():
+            raise LeRobotFormatError(f"{self.root}: `index` column is not contiguous")
+        self._index_offset = int(index[0]) if len(index) else 0
+        # row -> episode position, and each row's episode bounds in row positions
+        episode_of_row = self._cols.tabular["episode_index"]
+        position = {int(e): p for p, e in enumerate(eps.episode_index)}
+        try:
+            self._row_episode = np.array([position[int(e)] for e in episode_of_row], dtype=np.int64)
+        except KeyError as err:
+            raise LeRobotFormatError(
+                f"{self.root}: data rows reference episode {err} absent from episode metadata"
+            ) from err
+        self._ep_from = eps.dataset_from_index - self._index_offset
+        self._ep_to = eps.dataset_to_index - self._index_offset
+        rows = np.arange(len(index))
+        inside = (rows >= self._ep_from[self._row_episode]) & (rows < self._ep_to[self._row_episode])
+        if not inside.all():
+            bad = int(np.argmin(inside))
+            raise LeRobotFormatError(f"{self._cols.where(bad)}: row lies outside its episode's index range")
+
+    def __len__(self) -> int:
+        return self._cols.num_rows
+
+    @property
+    def fps(self) -> int:
+        return self.meta.fps
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return self.meta.features
+
+    def episode_bounds(self, episode_pos: int) -> tuple[int, int]:
+        """[from, to) row positions of the episode at position `episode_pos` of meta.episodes."""
+        return int(self._ep_from[episode_pos]), int(self._ep_to[episode_pos])
+
+    def output_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape (per item) and dtype of every array an item holds (`task` excluded: it is a string)."""
+        spec = {}
+        for key, feature in self.features.items():
+            if feature["dtype"] in ("image", "video"):
+                shape, dtype = image_hwc_shape(feature), np.dtype(np.uint8)
+            elif feature["dtype"] == "string":
+                continue
+            else:
+                shape = tuple(int(s) for s in feature["shape"])
+                shape, dtype = (() if shape == (1,) else shape), np.dtype(feature["dtype"])
+            if key in self.delta_indices:
+                steps = len(self.delta_indices[key])
+                spec[key] = ((steps, *shape), dtype)
+                spec[f"{key}_is_pad"] = ((steps,), np.dtype(bool))
+            else:
+                spec[key] = (shape, dtype)
+        return spec
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        row = int(row)
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"index {row} out of range for dataset of {len(self)} frames")
+        batch = self.get_batch([row])
+        return {k: (v[0] if k != "task" else v[0]) for k, v in batch.items()}
+
+    def query_rows(self, rows: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows to read for `key` (B,) or (B, T) and the is_pad mask (None when key has no delta window)."""
+        offsets = self.delta_indices.get(key)
+        if offsets is None:
+            return rows, None
+        ep = self._row_episode[rows]
+        lo, hi = self._ep_from[ep][:, None], self._ep_to[ep][:, None]
+        wanted = rows[:, None] + offsets[None, :]
+        return np.clip(wanted, lo, hi - 1), (wanted < lo) | (wanted >= hi)
+
+    def get_batch(self, indices: Sequence[int], out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Items at `indices` stacked along a new first axis (written into `out` arrays when given)."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"indices out of range for dataset of {len(self)} frames: {rows.tolist()}")
+        result: dict[str, Any] = {} if out is None else out
+        for key, feature in self.features.items():
+            q, pad = self.query_rows(rows, key)
+            if feature["dtype"] == "video":
+                values = self._video_frames(key, q, image_hwc_shape(feature), result.get(key))
+            elif feature["dtype"] == "image":
+                values = self._image_frames(key, q, image_hwc_shape(feature), result.get(key))
+            else:
+                values = self._cols.tabular[key][q]
+            _put(result, key, values)
+            if pad is not None:
+                _put(result, f"{key}_is_pad", pad)
+        task_index = self._cols.tabular["task_index"][rows]
+        result["task"] = [self.meta.tasks[t] for t in task_index]
+        return result
+
+    def _video_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
+        if self.frame_source is not None:
+            return self.frame_source.frames(key, q.reshape(-1)).reshape((*q.shape, *hwc))
+        flat = q.reshape(-1)
+        frames = dest.reshape(-1, *hwc) if dest is not None else np.empty((len(flat), *hwc), np.uint8)
+        episode = self._row_episode[flat]
+        eps = self.meta.episodes
+        times = self._cols.tabular["timestamp"][flat].astype(np.float64) + eps.video_from_timestamp[key][episode]
+        # Group queries by mp4 file so each file decodes its frames with as few seeks as possible.
+        paths = self._video_paths[key]
+        groups: dict[pathlib.Path, list[int]] = {}
+        for i, e in enumerate(episode.tolist()):
+            groups.setdefault(paths[e], []).append(i)
+        for path, members in groups.items():
+            decoded = self._videos.get(path).frames_at(times[members], self.tolerance_s)
+            if decoded.shape[1:] != hwc:
+                raise LeRobotFormatError(f"{path}: decoded frames are {decoded.shape[1:]}, info.json declares {hwc}")
+            frames[members] = decoded
+        return frames.reshape((*q.shape, *hwc))
+
+    def _image_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
+        if self.frame_source is not None:
+            return self.frame_source.frames(key, q.reshape(-1)).reshape((*q.shape, *hwc))
+        flat = q.reshape(-1)
+        frames = dest.reshape(-1, *hwc) if dest is not None else np.empty((len(flat), *hwc), np.uint8)
+        column = self._cols.images[key]
+        for i, row in enumerate(flat.tolist()):
+            data = column[row].as_py()
+            if data is None:
+                raise LeRobotFormatError(f"{self._cols.where(row)}: image {key!r} has no bytes")
+            image = decode_png(data, f"{self._cols.where(row)} {key!r}")
+            if image.shape != hwc:
+                raise LeRobotFormatError(f"{self._cols.where(row)}: image {key!r} is {image.shape}, expected {hwc}")
+            frames[i] = image
+        return frames.reshape((*q.shape, *hwc))
+
+    def close(self) -> None:
+        self._videos.close()
+
+
+def _put(result: dict[str, Any], key: str, values: np.ndarray) -> None:
+    dest = result.get(key)
+    if dest is None:
+        result[key] = values
+    elif dest is not values and not np.shares_memory(dest, values):
+        dest[...] = values
+
+
+class MultiLeRobotDataset:
+    """Several LeRobot datasets read as one (features common to all; adds `dataset_index`)."""
+
+    def __init__(
+        self,
+        roots: Sequence[str | pathlib.Path],
+        delta_timestamps: Mapping[str, Sequence[float]] | None = None,
+        tolerance_s: float = DEFAULT_TOLERANCE_S,
+    ):
+        if not roots:
+            raise ValueError("MultiLeRobotDataset needs at least one root")
+        self.roots = [pathlib.Path(r) for r in roots]
+        self.datasets = [LeRobotDataset(r, delta_timestamps, tolerance_s) for r in self.roots]
+        fps = {d.fps for d in self.datasets}
+        if len(fps) != 1:
+            raise ValueError(f"datasets have different fps {sorted(fps)}: {[str(r) for r in self.roots]}")
+        common = set(self.datasets[0].features)
+        for d in self.datasets[1:]:
+            common &= set(d.features)
+        self.features = {k: f for k, f in self.datasets[0].features.items() if k in common}
+        for key in self.features:
+            shapes = {tuple(d.features[key]["shape"]) for d in self.datasets}
+            if len(shapes) != 1:
+                raise ValueError(f"feature {key!r} has different shapes across datasets: {sorted(shapes)}")
+        self.fps = fps.pop()
+        self._starts = np.cumsum([0] + [len(d) for d in self.datasets])
+
+    def __reduce__(self):
+        d = self.datasets[0]
+        return (type(self), (self.roots, d.delta_timestamps, d.tolerance_s))
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def output_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        spec = self.datasets[0].output_spec()
+        keep = {k: v for k, v in spec.items() if k in self.features or k.removesuffix("_is_pad") in self.features}
+        keep["dataset_index"] = ((), np.dtype(np.int64))
+        return keep
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        batch = self.get_batch([i])
+        return {k: v[0] for k, v in batch.items()}
+
+    def get_batch(self, indices: Sequence[int], out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(flat) and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} frames: {flat.tolist()}")
+        which = np.searchsorted(self._starts, flat, side="right") - 1
+        spec = self.output_spec()
+        result: dict[str, Any] = out if out is not None else {}
+        for key, (shape, dtype) in spec.items():
+            if key not in result:
+                result[key] = np.empty((len(flat), *shape), dtype)
+        tasks: list[str] = [""] * len(flat)
+        for d_index, dataset in enumerate(self.datasets):
+            members = np.nonzero(which == d_index)[0]
+            if not len(members):
+                continue
+            part = dataset.get_batch(flat[members] - self._starts[d_index])
+            for key in spec:
+                if key != "dataset_index":
+                    result[key][members] = part[key]
+            for m, task in zip(members.tolist(), part["task"], strict=True):
+                tasks[m] = task
+        result["dataset_index"][...] = which
+        result["task"] = tasks
+        return result
+
+    def close(self) -> None:
+        for d in self.datasets:
+            d.close()
+
+
+def open_dataset(
+    root: str | pathlib.Path | Sequence[str | pathlib.Path], delta_timestamps=None, tolerance_s=DEFAULT_TOLERANCE_S
+):
+    """One root -> LeRobotDataset; a list of roots -> MultiLeRobotDataset."""
+    if isinstance(root, str | pathlib.Path):
+        return LeRobotDataset(root, delta_timestamps, tolerance_s)
+    return MultiLeRobotDataset(root, delta_timestamps, tolerance_s)
