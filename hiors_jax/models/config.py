@@ -1,0 +1,163 @@
+"""Model configurations: PI0 / PI0.5 and their parts, real-size and tiny presets.
+
+Configs are frozen dataclasses so they can be static arguments of `jax.jit`. Field names follow openpi where
+openpi has one (`action_dim`, `action_horizon`, `max_token_len`, `pi05`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+PALIGEMMA_VOCAB_SIZE = 257_152
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    """One expert of the shared-attention transformer (openpi `gemma.Config`)."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipConfig:
+    """SigLIP ViT image encoder with a linear projector ("head") to the language-model width."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int = 14
+    image_size: int = 224
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256)
+GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+SO400M_14 = SiglipConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Config:
+    """PI0 (pi05=False) or PI0.5 (pi05=True).
+
+    `dtype` is the activation (compute) dtype; parameters keep whatever dtype they were created or loaded in
+    (f32 params with bf16 compute is openpi's mixed-precision training policy). `remat` recomputes each
+    transformer layer in the backward pass instead of storing its activations.
+    """
+
+    vlm: GemmaConfig = GEMMA_2B
+    expert: GemmaConfig = GEMMA_300M
+    vision: SiglipConfig = SO400M_14
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE
+    pi05: bool = False
+    action_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int = 0  # 0 selects openpi's default: 48 for PI0, 200 for PI0.5
+    image_keys: tuple[str, ...] = IMAGE_KEYS
+    dtype: str = "bfloat16"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.max_token_len == 0:
+            object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
+        _validate(self)
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.image_keys) * self.vision.num_tokens + self.max_token_len
+
+    @property
+    def suffix_len(self) -> int:
+        return self.action_horizon + (0 if self.pi05 else 1)
+
+    def replace(self, **changes) -> Pi0Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _validate(config: Pi0Config) -> None:
+    vlm, expert = config.vlm, config.expert
+    # Both experts share one attention: everything but width and mlp_dim must agree (openpi asserts the same).
+    for field in ("depth", "num_heads", "num_kv_heads", "head_dim"):
+        if getattr(vlm, field) != getattr(expert, field):
+            raise ValueError(
+                f"Pi0Config: vlm.{field}={getattr(vlm, field)} differs from expert.{field}={getattr(expert, field)}; "
+                "the shared-attention experts must agree on depth, num_heads, num_kv_heads and head_dim"
+            )
+    if vlm.num_heads % vlm.num_kv_heads:
+        raise ValueError(f"Pi0Config: num_heads={vlm.num_heads} is not a multiple of num_kv_heads={vlm.num_kv_heads}")
+    if vlm.head_dim % 2:
+        raise ValueError(f"Pi0Config: head_dim={vlm.head_dim} must be even for rotary embeddings")
+    if config.vision.image_size % config.vision.patch_size:
+        raise ValueError(
+            f"Pi0Config: vision.image_size={config.vision.image_size} is not a multiple of "
+            f"vision.patch_size={config.vision.patch_size}"
+        )
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"Pi0Config: dtype={config.dtype!r} must be 'float32' or 'bfloat16'")
+    for name in ("action_dim", "action_horizon", "max_token_len", "vocab_size"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"Pi0Config: {name}={getattr(config, name)} must be positive")
+    if len(set(config.image_keys)) != len(config.image_keys) or not config.image_keys:
+        raise ValueError(f"Pi0Config: image_keys={config.image_keys} must be non-empty and unique")
+
+
+def pi0_config(**changes) -> Pi0Config:
+    """The real PI0: PaliGemma (gemma_2b + So400m/14) with the gemma_300m action expert, 3.238e9 params."""
+    return Pi0Config(**changes)
+
+
+def pi05_config(**changes) -> Pi0Config:
+    """The real PI0.5: adaptive-RMSNorm action expert, state in the prompt."""
+    return Pi0Config(pi05=True, **changes)
+
+
+TINY_VLM = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16)
+TINY_EXPERT = GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16)
+TINY_VISION = SiglipConfig(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=14, image_size=56)
+
+
+def tiny_config(pi05: bool = False, **changes) -> Pi0Config:
+    """A few-hundred-thousand-parameter model with every code path of the real one (grouped-query attention,
+    expert width != vlm width != heads*head_dim, scanned layers), for tests and the laptop demo."""
+    defaults = dict(
+        vlm=TINY_VLM,
+        expert=TINY_EXPERT,
+        vision=TINY_VISION,
+        vocab_size=1024,
+        pi05=pi05,
+        action_dim=32,
+        action_horizon=50,
+        max_token_len=24 if pi05 else 16,
+        dtype="float32",
+    )
+    defaults.update(changes)
+    return Pi0Config(**defaults)
+
+
+PRESETS = {
+    "pi0": pi0_config,
+    "pi05": pi05_config,
+    "pi0_tiny": lambda **kw: tiny_config(pi05=False, **kw),
+    "pi05_tiny": lambda **kw: tiny_config(pi05=True, **kw),
+}
+
+
+def get_preset(name: str, **changes) -> Pi0Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**changes)

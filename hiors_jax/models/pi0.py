@@ -1,0 +1,477 @@
+"""PI0 and PI0.5: PaliGemma prefix + flow-matching action expert, as pure functions over openpi-named params.
+
+Conventions (openpi's): t = 1 is noise and t = 0 is data, x_t = t * noise + (1 - t) * actions, the model
+predicts u = noise - actions, and sampling integrates from t = 1 with dt = -1 / num_steps. The prefix
+(images + prompt) never attends to the suffix (state + actions), so the sampler computes the prefix's keys and
+values once and reuses them for every denoising step.
+
+Public API (stable): `Observation`, `load_openpi_params`, `predict_velocity`, `compute_loss`, `sample_actions`,
+plus `init_params`, `prefix_kv_cache` / `denoise_step` (hooks for RL) and `sample_noise_and_time`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hiors_jax.models import gemma, siglip
+from hiors_jax.models.config import GemmaConfig, Pi0Config, SiglipConfig
+from hiors_jax.models.init import lecun_normal
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """Model inputs with openpi's field names.
+
+    images: camera name -> (B, H, W, 3) float in [-1, 1] at the model's resolution; image_masks: camera name ->
+    (B,) bool, False where the camera is missing; state: (B, <= action_dim) normalised; tokenized_prompt /
+    tokenized_prompt_mask: (B, <= max_token_len) int32 / bool.
+    """
+
+    images: dict
+    image_masks: dict
+    state: jax.Array
+    tokenized_prompt: jax.Array | None = None
+    tokenized_prompt_mask: jax.Array | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Observation:
+        return cls(
+            images=dict(data["images"]),
+            image_masks=dict(data.get("image_masks", {})),
+            state=data["state"],
+            tokenized_prompt=data.get("tokenized_prompt"),
+            tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks: shapes only, so they run eagerly and at trace time alike.
+
+
+def _pad_last(x, width):
+    pad = width - x.shape[-1]
+    return x if pad == 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+
+
+def prepare_observation(config: Pi0Config, obs: Observation) -> Observation:
+    """Validate an observation against the config, fill absent masks and zero-pad state and prompt."""
+    if not isinstance(obs, Observation):
+        raise TypeError(f"expected a pi0.Observation, got {type(obs).__name__}")
+    unknown = sorted(set(obs.images) - set(config.image_keys))
+    if unknown:
+        raise ValueError(f"unknown camera(s) {unknown}; this model takes {list(config.image_keys)}")
+    missing = [k for k in config.image_keys if k not in obs.images]
+    if missing:
+        raise ValueError(
+            f"missing camera(s) {missing}: pass a zero image with image_masks[name] = False for an absent camera"
+        )
+    unknown_masks = sorted(set(obs.image_masks) - set(config.image_keys))
+    if unknown_masks:
+        raise ValueError(f"image_masks has unknown camera(s) {unknown_masks}; this model takes {list(config.image_keys)}")
+    if jnp.ndim(obs.state) != 2:
+        raise ValueError(f"state must be (batch, dim), got shape {jnp.shape(obs.state)}")
+    batch, state_dim = jnp.shape(obs.state)
+    if state_dim > config.action_dim:
+        raise ValueError(f"state has {state_dim} dims, wider than the model's action_dim={config.action_dim}")
+    size = config.vision.image_size
+    images, masks = {}, {}
+    for name in config.image_keys:
+        img = obs.images[name]
+        if jnp.shape(img) != (batch, size, size, 3):
+            raise ValueError(
+                f"image {name!r} has shape {jnp.shape(img)}, expected {(batch, size, size, 3)}; "
+                "resize with hiors_jax.models.preprocessing.resize_with_pad"
+            )
+        if not jnp.issubdtype(jnp.result_type(img), jnp.floating):
+            raise ValueError(
+                f"image {name!r} has dtype {jnp.result_type(img)}, expected float in [-1, 1]; convert uint8 with "
+                "hiors_jax.models.preprocessing.image_to_model"
+            )
+        images[name] = img
+        mask = obs.image_masks.get(name)
+        masks[name] = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
+        if masks[name].shape != (batch,):
+            raise ValueError(f"image_masks[{name!r}] has shape {masks[name].shape}, expected {(batch,)}")
+    if obs.tokenized_prompt is None or obs.tokenized_prompt_mask is None:
+        raise ValueError("tokenized_prompt and tokenized_prompt_mask are required")
+    if jnp.ndim(obs.tokenized_prompt) != 2 or jnp.shape(obs.tokenized_prompt)[0] != batch:
+        raise ValueError(f"tokenized_prompt must be (batch={batch}, length), got {jnp.shape(obs.tokenized_prompt)}")
+    if jnp.shape(obs.tokenized_prompt_mask) != jnp.shape(obs.tokenized_prompt):
+        raise ValueError(
+            f"tokenized_prompt_mask shape {jnp.shape(obs.tokenized_prompt_mask)} differs from tokenized_prompt "
+            f"shape {jnp.shape(obs.tokenized_prompt)}"
+        )
+    length = jnp.shape(obs.tokenized_prompt)[1]
+    if length > config.max_token_len:
+        raise ValueError(f"prompt has {length} tokens, longer than max_token_len={config.max_token_len}")
+    if not jnp.issubdtype(jnp.result_type(obs.tokenized_prompt), jnp.integer):
+        raise ValueError(f"tokenized_prompt must be integer token ids, got {jnp.result_type(obs.tokenized_prompt)}")
+    return Observation(
+        images=images,
+        image_masks=masks,
+        state=_pad_last(jnp.asarray(obs.state, jnp.float32), config.action_dim),
+        tokenized_prompt=_pad_last(jnp.asarray(obs.tokenized_prompt, jnp.int32), config.max_token_len),
+        tokenized_prompt_mask=_pad_last(jnp.asarray(obs.tokenized_prompt_mask, bool), config.max_token_len),
+    )
+
+
+def _prepare_chunk(config: Pi0Config, x, name: str, batch: int):
+    shape = jnp.shape(x)
+    if len(shape) != 3 or shape[0] != batch or shape[1] != config.action_horizon:
+        raise ValueError(f"{name} has shape {shape}, expected (batch={batch}, {config.action_horizon}, dims)")
+    if shape[2] > config.action_dim:
+        raise ValueError(f"{name} has {shape[2]} dims, wider than the model's action_dim={config.action_dim}")
+    return _pad_last(jnp.asarray(x, jnp.float32), config.action_dim)
+
+
+def _prepare_time(time, batch: int):
+    time = jnp.asarray(time, jnp.float32)
+    if time.ndim == 0:
+        return jnp.broadcast_to(time, (batch,))
+    if time.shape != (batch,):
+        raise ValueError(f"time has shape {time.shape}, expected () or (batch={batch},)")
+    return time
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks (pure, jit-friendly; they assume a prepared observation).
+
+
+def make_attn_mask(input_mask, ar_mask):
+    """Token i attends to j iff cumsum(ar)[j] <= cumsum(ar)[i] and both are valid (openpi's rule)."""
+    ar_mask = jnp.broadcast_to(ar_mask, input_mask.shape)
+    cumsum = jnp.cumsum(ar_mask, axis=1)
+    attn = cumsum[:, None, :] <= cumsum[:, :, None]
+    valid = input_mask[:, None, :] & input_mask[:, :, None]
+    return attn & valid
+
+
+def posemb_sincos(pos, width: int, min_period: float = 4e-3, max_period: float = 4.0):
+    """Sine-cosine embedding of scalar flow times, periods from min_period to max_period."""
+    fraction = jnp.linspace(0.0, 1.0, width // 2)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = jnp.einsum("i,j->ij", pos, 1.0 / period * 2 * jnp.pi, precision=jax.lax.Precision.HIGHEST)
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def _linear(x, p):
+    # Follows flax promotion: f32 inputs with bf16 params compute in f32, as openpi's nnx.Linear does.
+    return jnp.dot(x, p["kernel"]) + p["bias"]
+
+
+def _experts(config: Pi0Config) -> tuple[GemmaConfig, GemmaConfig]:
+    return (config.vlm, config.expert)
+
+
+def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
+    """Image tokens of every camera (in config order) then the prompt's embeddings; all bidirectional."""
+    dtype = config.compute_dtype
+    pg = params["PaliGemma"]
+    batch = obs.state.shape[0]
+    # One SigLIP call over all cameras stacked on the batch axis (same weights, independent images).
+    stacked = jnp.concatenate([obs.images[k] for k in config.image_keys], axis=0)
+    img_tokens = siglip.encode_images(config.vision, pg["img"], stacked, dtype, config.remat)
+    n = config.vision.num_tokens
+    img_tokens = img_tokens.reshape(len(config.image_keys), batch, n, -1)
+    tokens = [img_tokens[i] for i in range(len(config.image_keys))]
+    masks = [jnp.repeat(obs.image_masks[k][:, None], n, axis=1) for k in config.image_keys]
+    tokens.append(gemma.embed_tokens(pg["llm"], obs.tokenized_prompt, dtype))
+    masks.append(obs.tokenized_prompt_mask)
+    tokens = jnp.concatenate(tokens, axis=1)
+    input_mask = jnp.concatenate(masks, axis=1)
+    return tokens, input_mask, jnp.zeros((tokens.shape[1],), bool)
+
+
+def embed_suffix(config: Pi0Config, params: dict, obs: Observation, x_t, time):
+    """PI0: [state token, action-time MLP tokens]; PI0.5: action tokens plus an adaRMS conditioning vector."""
+    batch = x_t.shape[0]
+    tokens, ar = [], []
+    if not config.pi05:
+        tokens.append(_linear(obs.state, params["state_proj"])[:, None, :])
+        ar.append(True)
+    action_tokens = _linear(x_t, params["action_in_proj"])
+    time_emb = posemb_sincos(time, config.expert.width)
+    if config.pi05:
+        cond = jax.nn.silu(_linear(time_emb, params["time_mlp_in"]))
+        cond = jax.nn.silu(_linear(cond, params["time_mlp_out"]))
+        tokens.append(action_tokens)
+    else:
+        time_tokens = jnp.broadcast_to(time_emb[:, None, :], (batch, config.action_horizon, time_emb.shape[-1]))
+        h = _linear(jnp.concatenate([action_tokens, time_tokens], axis=-1), params["action_time_mlp_in"])
+        tokens.append(_linear(jax.nn.silu(h), params["action_time_mlp_out"]))
+        cond = None
+    ar += [True] + [False] * (config.action_horizon - 1)
+    tokens = jnp.concatenate([t.astype(jnp.result_type(*tokens)) for t in tokens], axis=1)
+    return tokens, jnp.ones(tokens.shape[:2], bool), jnp.asarray(ar), cond
+
+
+def _velocity_from_suffix(config: Pi0Config, params: dict, suffix_out):
+    return _linear(suffix_out[:, -config.action_horizon :], params["action_out_proj"])
+
+
+def _joint_velocity(config: Pi0Config, params: dict, obs: Observation, x_t, time):
+    prefix_tokens, prefix_mask, prefix_ar = embed_prefix(config, params, obs)
+    suffix_tokens, suffix_mask, suffix_ar, cond = embed_suffix(config, params, obs, x_t, time)
+    input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
+    ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
+    positions = jnp.cumsum(input_mask, axis=1) - 1
+    (_, suffix_out), _ = gemma.apply(
+        _experts(config),
+        params["PaliGemma"]["llm"],
+        [prefix_tokens, suffix_tokens],
+        positions,
+        make_attn_mask(input_mask, ar_mask),
+        adarms_cond=[None, cond],
+        dtype=config.compute_dtype,
+        remat=config.remat,
+    )
+    return _velocity_from_suffix(config, params, suffix_out)
+
+
+def prefix_kv_cache(config: Pi0Config, params: dict, obs: Observation):
+    """Keys/values of every layer over the prefix, (depth, B, P, K, H) each, and the prefix validity mask."""
+    prefix_tokens, prefix_mask, prefix_ar = embed_prefix(config, params, obs)
+    positions = jnp.cumsum(prefix_mask, axis=1) - 1
+    _, kv_cache = gemma.apply(
+        _experts(config),
+        params["PaliGemma"]["llm"],
+        [prefix_tokens, None],
+        positions,
+        make_attn_mask(prefix_mask, prefix_ar),
+        dtype=config.compute_dtype,
+        remat=config.remat,
+    )
+    return kv_cache, prefix_mask
+
+
+def denoise_step(config: Pi0Config, params: dict, obs: Observation, kv_cache, prefix_mask, x_t, time):
+    """Velocity at (x_t, time) for the suffix only, attending to a cached prefix (which it never updates)."""
+    suffix_tokens, suffix_mask, suffix_ar, cond = embed_suffix(config, params, obs, x_t, time)
+    suffix_len = suffix_tokens.shape[1]
+    prefix_part = jnp.broadcast_to(prefix_mask[:, None, :], (prefix_mask.shape[0], suffix_len, prefix_mask.shape[1]))
+    mask = jnp.concatenate([prefix_part, make_attn_mask(suffix_mask, suffix_ar)], axis=-1)
+    positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+    (_, suffix_out), _ = gemma.apply(
+        _experts(config),
+        params["PaliGemma"]["llm"],
+        [None, suffix_tokens],
+        positions,
+        mask,
+        adarms_cond=[None, cond],
+        kv_cache=kv_cache,
+        dtype=config.compute_dtype,
+        remat=config.remat,
+    )
+    return _velocity_from_suffix(config, params, suffix_out)
+
+
+def _sample(config: Pi0Config, params: dict, obs: Observation, noise, num_steps: int, return_trajectory: bool):
+    kv_cache, prefix_mask = prefix_kv_cache(config, params, obs)
+    dt = -1.0 / num_steps
+    batch = noise.shape[0]
+
+    def step(carry, _):
+        x, t = carry
+        v = denoise_step(config, params, obs, kv_cache, prefix_mask, x, jnp.broadcast_to(t, (batch,)))
+        x_next = x + dt * v
+        return (x_next, t + dt), (x_next if return_trajectory else None)
+
+    # t accumulates in float32 exactly as openpi's while-loop does (1.0, 0.9, 0.79999995, ...).
+    (x, _), trajectory = jax.lax.scan(step, (noise, jnp.float32(1.0)), None, length=num_steps)
+    return (x, trajectory) if return_trajectory else x
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _predict_velocity_jit(config, params, obs, x_t, time):
+    return _joint_velocity(config, params, obs, x_t, time)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _compute_loss_jit(config, params, obs, actions, noise, time):
+    t = time[:, None, None]
+    x_t = t * noise + (1 - t) * actions
+    v_t = _joint_velocity(config, params, obs, x_t, time)
+    return jnp.mean(jnp.square(v_t - (noise - actions)), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _sample_jit(config, params, obs, noise, num_steps, return_trajectory):
+    return _sample(config, params, obs, noise, num_steps, return_trajectory)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def predict_velocity(config: Pi0Config, params: dict, observation: Observation, x_t, time) -> jax.Array:
+    """Velocity v(x_t, t) from the joint prefix+suffix pass: (B, action_horizon, action_dim)."""
+    obs = prepare_observation(config, observation)
+    batch = obs.state.shape[0]
+    return _predict_velocity_jit(
+        config, params, obs, _prepare_chunk(config, x_t, "x_t", batch), _prepare_time(time, batch)
+    )
+
+
+def compute_loss(config: Pi0Config, params: dict, observation: Observation, actions, noise, time) -> jax.Array:
+    """Flow-matching loss per sample and step, mean over action dims (padded dims included): (B, H)."""
+    obs = prepare_observation(config, observation)
+    batch = obs.state.shape[0]
+    return _compute_loss_jit(
+        config,
+        params,
+        obs,
+        _prepare_chunk(config, actions, "actions", batch),
+        _prepare_chunk(config, noise, "noise", batch),
+        _prepare_time(time, batch),
+    )
+
+
+def sample_actions(
+    config: Pi0Config, params: dict, observation: Observation, noise, num_steps: int = 10, return_trajectory=False
+):
+    """Integrate the flow from x = noise at t = 1 to t = 0 in `num_steps` Euler steps, reusing the prefix cache.
+
+    Returns (B, action_horizon, action_dim) normalised, padded actions; with return_trajectory also x after every
+    step (num_steps, B, H, A). Differentiable (a fixed-length scan, not a while loop).
+    """
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    obs = prepare_observation(config, observation)
+    noise = _prepare_chunk(config, noise, "noise", obs.state.shape[0])
+    return _sample_jit(config, params, obs, noise, int(num_steps), bool(return_trajectory))
+
+
+def sample_noise_and_time(rng: jax.Array, shape: tuple[int, ...]):
+    """openpi's training draws: noise ~ N(0, I) of `shape` (B, H, A) and t ~ 0.999 * Beta(1.5, 1) + 0.001."""
+    noise_rng, time_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, shape, jnp.float32)
+    time = jax.random.beta(time_rng, 1.5, 1.0, shape[:1], jnp.float32) * 0.999 + 0.001
+    return noise, time
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def init_params(config: Pi0Config, key: jax.Array, dtype=jnp.float32) -> dict:
+    """Fresh parameters in openpi's exact tree (use with jax.eval_shape for shapes without memory)."""
+    k_img, k_llm, k_proj = jax.random.split(key, 3)
+    pg = {
+        "img": siglip.init_siglip(config.vision, config.vlm.width, k_img, dtype),
+        "llm": gemma.init_gemma(_experts(config), config.vocab_size, k_llm, adaptive=(1,) if config.pi05 else (), dtype=dtype),
+    }
+    w, a = config.expert.width, config.action_dim
+    keys = iter(jax.random.split(k_proj, 8))
+
+    def linear(n_in, n_out):
+        return {"kernel": lecun_normal(next(keys), (n_in, n_out), fan_in=n_in, dtype=dtype), "bias": jnp.zeros((n_out,), dtype)}
+
+    params = {"PaliGemma": pg, "action_in_proj": linear(a, w), "action_out_proj": linear(w, a)}
+    if config.pi05:
+        params.update(time_mlp_in=linear(w, w), time_mlp_out=linear(w, w))
+    else:
+        params.update(state_proj=linear(a, w), action_time_mlp_in=linear(2 * w, w), action_time_mlp_out=linear(w, w))
+    return params
+
+
+def param_shapes(config: Pi0Config) -> dict:
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _flat_shapes(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(_flat_shapes(v, path))
+        else:
+            out[path] = tuple(v.shape)
+    return out
+
+
+def _shape_at(flat: dict, path: str) -> tuple[int, ...]:
+    if path not in flat:
+        raise ValueError(f"not a PI0/PI0.5 parameter tree: missing {path}")
+    return flat[path]
+
+
+def infer_config(params: dict, **overrides) -> Pi0Config:
+    """Read every size from the stored shapes (openpi checkpoints carry no config) and check the whole tree.
+
+    Horizon, prompt length and dtype are not in the weights: they come from `overrides` or openpi's defaults.
+    """
+    flat = _flat_shapes(params)
+    llm, img = "PaliGemma/llm", "PaliGemma/img"
+    vocab, width0 = _shape_at(flat, f"{llm}/embedder/input_embedding")
+
+    def expert(i):
+        depth, n, d, h = _shape_at(flat, f"{llm}/layers/attn/{gemma.expert_name('q_einsum', i)}/w")
+        k = _shape_at(flat, f"{llm}/layers/attn/{gemma.expert_name('kv_einsum', i)}/w")[2]
+        m = _shape_at(flat, f"{llm}/layers/{gemma.expert_name('mlp', i)}/linear")[1]
+        return GemmaConfig(width=d, depth=depth, mlp_dim=m, num_heads=n, num_kv_heads=k, head_dim=h)
+
+    patch, _, _, vwidth = _shape_at(flat, f"{img}/embedding/kernel")
+    num_tokens = _shape_at(flat, f"{img}/pos_embedding")[1]
+    block = f"{img}/Transformer/encoderblock"
+    vdepth, _, vheads, _ = _shape_at(flat, f"{block}/MultiHeadDotProductAttention_0/query/kernel")
+    side = int(round(num_tokens**0.5))
+    vision = SiglipConfig(
+        width=vwidth,
+        depth=vdepth,
+        mlp_dim=_shape_at(flat, f"{block}/MlpBlock_0/Dense_0/kernel")[2],
+        num_heads=vheads,
+        patch_size=patch,
+        image_size=side * patch,
+    )
+    fields = dict(
+        vlm=expert(0),
+        expert=expert(1),
+        vision=vision,
+        vocab_size=vocab,
+        pi05="time_mlp_in" in params,
+        action_dim=_shape_at(flat, "action_in_proj/kernel")[0],
+    )
+    fields.update(overrides)
+    config = Pi0Config(**fields)
+    expected = _flat_shapes(param_shapes(config))
+    problems = [f"missing {p}" for p in sorted(set(expected) - set(flat))]
+    problems += [f"unexpected {p}" for p in sorted(set(flat) - set(expected))]
+    problems += [
+        f"{p} has shape {flat[p]}, expected {expected[p]}" for p in sorted(set(flat) & set(expected)) if flat[p] != expected[p]
+    ]
+    if problems:
+        kind = "PI0.5" if config.pi05 else "PI0"
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
+        raise ValueError(f"parameters do not form a {kind} model of the inferred sizes: {shown}")
+    return config
+
+
+def load_openpi_params(path, *, dtype=None, **overrides) -> tuple[Pi0Config, dict]:
+    """Load an openpi-layout orbax `params` directory (f32 or bf16, with or without trailing `value` leaves).
+
+    Every model size is inferred from the stored shapes. `dtype` casts the parameters on load (as openpi's
+    inference path does with bfloat16); the compute dtype defaults to the parameters' dtype and can be set with
+    `dtype=` in overrides' place via `compute_dtype=`. Other overrides (`action_horizon`, `max_token_len`, `remat`)
+    go to the config.
+    """
+    from hiors_jax.models import weights  # local import: weights pulls in orbax, which the model math does not need
+
+    path = pathlib.Path(path)
+    params = weights.restore_params_tree(path, dtype=dtype)
+    compute_dtype = overrides.pop("compute_dtype", None)
+    if compute_dtype is None:
+        leaf_dtypes = {np.dtype(x.dtype) for x in jax.tree.leaves(params)}
+        compute_dtype = "float32" if leaf_dtypes == {np.dtype(np.float32)} else "bfloat16"
+    config = infer_config(params, dtype=str(jnp.dtype(compute_dtype)), **overrides)
+    return config, params
