@@ -8,6 +8,7 @@ conversion, which is what torchcodec produces, so AV1 frames are bit-identical t
 from __future__ import annotations
 
 import fractions
+import os
 import pathlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -152,6 +153,7 @@ class EpisodeVideoEncoder:
             raise ValueError(f"yuv420p video needs even height and width, got {height}x{width}")
         self.path = pathlib.Path(path)
         self.height, self.width = height, width
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr otherwise
         self._container = av.open(str(self.path), "w")
         encoder = "libsvtav1" if VIDEO_CODECS[codec] == "av1" else "libx264"
         self._stream = self._container.add_stream(encoder, rate=fps)

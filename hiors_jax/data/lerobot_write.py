@@ -1,0 +1,585 @@
+"""Write LeRobot v3.0 datasets (the files, columns and metadata lerobot 0.4 reads) with pyarrow + PyAV.
+
+Crash safety: everything is written into a hidden staging directory next to `root` and moved to `root` by
+`finalize()` with a rename, so `root` never holds a half-written dataset. Appending hard-links the existing
+files into the staging directory (no copy), adds new data/video/episode files with new file indices, rewrites
+only the small meta files (new inodes, never in place) and swaps the directories at the end.
+
+Video frames are encoded while they are added (one temporary mp4 per camera and episode) and appended to the
+camera's current file by remuxing at `save_episode`, so memory stays bounded for long recordings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import shutil
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from hiors_jax.data.lerobot_meta import (
+    DEFAULT_FEATURES,
+    LeRobotFormatError,
+    image_hwc_shape,
+    load_meta,
+)
+from hiors_jax.data.lerobot_stats import FrameSampler, aggregate_stats, array_stats, image_stats
+from hiors_jax.data.lerobot_video import VIDEO_CODECS, ConcatVideoWriter, EpisodeVideoEncoder
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+_NUMERIC_DTYPES = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+class FrameValidationError(ValueError):
+    """A frame given to add_frame does not match the declared features."""
+
+
+def _next_file(chunk: int, file: int) -> tuple[int, int]:
+    return (chunk, file + 1) if file + 1 < CHUNKS_SIZE else (chunk + 1, 0)
+
+
+def _hf_feature(feature: Mapping[str, Any]) -> dict[str, Any]:
+    """The `datasets.Features` JSON lerobot 0.4 (datasets 4) stores in the parquet `huggingface` metadata."""
+    if feature["dtype"] == "image":
+        return {"_type": "Image"}
+    if list(feature["shape"]) == [1]:
+        return {"dtype": feature["dtype"], "_type": "Value"}
+    return {
+        "feature": {"dtype": feature["dtype"], "_type": "Value"},
+        "length": int(feature["shape"][0]),
+        "_type": "List",
+    }
+
+
+def _arrow_type(feature: Mapping[str, Any]) -> pa.DataType:
+    if feature["dtype"] == "image":
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    scalar = pa.from_numpy_dtype(np.dtype(feature["dtype"]))
+    if list(feature["shape"]) == [1]:
+        return scalar
+    return pa.list_(scalar, int(feature["shape"][0]))
+
+
+def _normalise_features(features: Mapping[str, Mapping[str, Any]], use_videos: bool) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = {}
+    for key, feature in features.items():
+        if "/" in key:
+            raise ValueError(f"feature name {key!r} must not contain '/'")
+        if key in DEFAULT_FEATURES:
+            if feature.get("dtype") != DEFAULT_FEATURES[key]["dtype"]:
+                raise ValueError(
+                    f"feature {key!r} is added automatically as {DEFAULT_FEATURES[key]}; do not redefine it"
+                )
+            continue
+        if "dtype" not in feature or "shape" not in feature:
+            raise ValueError(f"feature {key!r} needs 'dtype' and 'shape'")
+        dtype = feature["dtype"]
+        shape = [int(s) for s in feature["shape"]]
+        names = feature.get("names")
+        if dtype in ("image", "video"):
+            if dtype == "video" and not use_videos:
+                dtype = "image"
+            h, w, c = image_hwc_shape({"shape": shape, "names": names})
+            if c != 3:
+                raise ValueError(f"feature {key!r}: only 3-channel images are supported, got shape {shape}")
+            if dtype == "video" and (h % 2 or w % 2):
+                raise ValueError(f"video feature {key!r}: height and width must be even for yuv420p, got {h}x{w}")
+        elif dtype in _NUMERIC_DTYPES:
+            if len(shape) != 1:
+                raise ValueError(f"feature {key!r}: only 1-D numeric features are supported, got shape {shape}")
+        else:
+            raise ValueError(f"feature {key!r}: dtype {dtype!r} not supported (numeric, 'image' or 'video')")
+        result[key] = {"dtype": dtype, "shape": shape, "names": names}
+    return result
+
+
+class LeRobotDatasetWriter:
+    """Record episodes into a LeRobot v3.0 dataset: `add_frame` ... `save_episode`, then `finalize`.
+
+    `features` are the user features (lerobot's `timestamp`, `frame_index`, `episode_index`, `index` and
+    `task_index` are added). With `use_videos=True` "video" features are encoded (AV1 by default, `vcodec="h264"`
+    for H.264); "image" features are stored as PNG bytes in the parquet. `append=True` adds episodes to the
+    existing dataset at `root` (same fps and features).
+    """
+
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        fps: int,
+        features: Mapping[str, Mapping[str, Any]],
+        use_videos: bool = True,
+        robot_type: str | None = None,
+        *,
+        vcodec: str = "libsvtav1",
+        crf: int = 30,
+        gop: int = 2,
+        data_files_size_in_mb: float = 100,
+        video_files_size_in_mb: float = 200,
+        append: bool = False,
+        image_stats_frames: int = 128,
+    ):
+        if vcodec not in VIDEO_CODECS:
+            raise ValueError(f"vcodec {vcodec!r} not supported; choose one of {sorted(VIDEO_CODECS)}")
+        if int(fps) != fps or fps <= 0:
+            raise ValueError(f"fps must be a positive integer, got {fps!r}")
+        self.root = pathlib.Path(root)
+        self.fps = int(fps)
+        self.features = _normalise_features(features, use_videos)
+        self.vcodec, self.crf, self.gop = vcodec, crf, gop
+        self._size_limits_mb = (data_files_size_in_mb, video_files_size_in_mb)
+        self.data_limit = data_files_size_in_mb * 1024 * 1024
+        self.video_limit = video_files_size_in_mb * 1024 * 1024
+        self._image_stats_frames = image_stats_frames
+        self.robot_type = robot_type
+        self._staging = self.root.parent / f".{self.root.name}.writing"
+        self._finalized = False
+        if self._staging.exists():
+            raise FileExistsError(
+                f"{self._staging} exists: another writer is active or one crashed; inspect it (saved episodes of a "
+                "crashed writer are in its files) and remove it before writing again"
+            )
+        self._all_features = {**self.features, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
+        self._video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self._image_keys = [k for k, f in self.features.items() if f["dtype"] == "image"]
+        self._tabular_keys = [k for k in self._all_features if k not in self._video_keys]
+        self._schema = pa.schema(
+            [pa.field(k, _arrow_type(self._all_features[k])) for k in self._tabular_keys],
+            metadata={
+                "huggingface": json.dumps(
+                    {"info": {"features": {k: _hf_feature(self._all_features[k]) for k in self._tabular_keys}}}
+                )
+            },
+        )
+        self._episodes: list[dict[str, Any]] = []  # rows for the new episodes parquet
+        self._episode_stats: list[dict[str, Any]] = []
+        self._video_info: dict[str, dict[str, Any]] = {}
+        self._prior_stats: dict[str, Any] | None = None
+        if append:
+            self._open_for_append()
+        else:
+            if self.root.exists():
+                raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
+            self._staging.mkdir(parents=True)
+            self.tasks: dict[str, int] = {}
+            self.total_episodes = self.total_frames = 0
+            self._data_pos = (0, 0)
+            self._video_pos = {k: (0, 0) for k in self._video_keys}
+            self._episodes_pos = (0, 0)
+        (self._staging / ".tmp").mkdir(exist_ok=True)
+        self._data_writer: pq.ParquetWriter | None = None
+        self._data_sink: Any = None
+        self._video_writers: dict[str, ConcatVideoWriter] = {}
+        self._reset_buffer()
+
+    # ---------------------------------------------------------------- append
+    def _open_for_append(self) -> None:
+        meta = load_meta(self.root)
+        if meta.version != CODEBASE_VERSION:
+            raise LeRobotFormatError(f"{self.root}: can only append to {CODEBASE_VERSION}, found {meta.version}")
+        if meta.fps != self.fps:
+            raise ValueError(f"{self.root}: dataset fps is {meta.fps}, writer was given {self.fps}")
+        existing = {k: f for k, f in meta.features.items() if k not in DEFAULT_FEATURES}
+        mismatch = sorted(
+            set(existing) ^ set(self.features)
+            | {
+                k
+                for k in set(existing) & set(self.features)
+                if existing[k]["dtype"] != self.features[k]["dtype"]
+                or list(existing[k]["shape"]) != self.features[k]["shape"]
+            }
+        )
+        if mismatch:
+            raise ValueError(f"{self.root}: features differ from the existing dataset: {mismatch}")
+        self.features = {k: {**self.features[k], "names": existing[k].get("names")} for k in existing}
+        self.robot_type = self.robot_type or meta.robot_type
+        self._video_info = {k: existing[k]["info"] for k in self._video_keys if "info" in existing[k]}
+        self.tasks = {t: i for i, t in enumerate(meta.tasks)}
+        self.total_episodes, self.total_frames = len(meta.episodes), meta.total_frames
+        self._prior_stats = meta.stats
+        self._staging.mkdir(parents=True)
+        for path in self.root.rglob("*"):  # hard links: the existing files are shared, never modified
+            target = self._staging / path.relative_to(self.root)
+            if path.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+        # New files always start after the highest existing file index, so existing files stay untouched.
+        self._data_pos = _next_file(*max(meta.episodes.data_file))
+        self._video_pos = {
+            k: _next_file(
+                *max(zip(meta.episodes.video_chunk[k].tolist(), meta.episodes.video_file[k].tolist(), strict=True))
+            )
+            for k in self._video_keys
+        }
+        episode_files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        last = episode_files[-1]
+        self._episodes_pos = _next_file(int(last.parent.name.split("-")[1]), int(last.stem.split("-")[1]))
+
+    # ---------------------------------------------------------------- frames
+    def _reset_buffer(self) -> None:
+        self._buffer: dict[str, list] = {k: [] for k in self._tabular_keys}
+        self._encoders: dict[str, EpisodeVideoEncoder] = {}
+        self._samplers = {k: FrameSampler(self._image_stats_frames) for k in self._video_keys + self._image_keys}
+        self._episode_tasks: list[str] = []
+
+    @property
+    def episode_buffer_size(self) -> int:
+        return len(self._buffer["frame_index"])
+
+    def add_frame(self, frame: Mapping[str, Any], task: str | None = None, timestamp: float | None = None) -> None:
+        """Add one frame of the current episode; `task` may also be given as frame["task"]."""
+        self._check_open()
+        frame = dict(frame)
+        task = frame.pop("task", task)
+        timestamp = frame.pop("timestamp", timestamp)
+        if not isinstance(task, str) or not task:
+            raise FrameValidationError("add_frame needs a task string (frame['task'] or task=...)")
+        missing = [k for k in self.features if k not in frame]
+        extra = [k for k in frame if k not in self.features]
+        if missing or extra:
+            raise FrameValidationError(f"frame keys do not match the features: missing {missing}, unexpected {extra}")
+        values = {key: self._validate(key, frame[key]) for key in self.features}
+        frame_index = self.episode_buffer_size
+        for key in self._video_keys:
+            if key not in self._encoders:
+                h, w, _ = image_hwc_shape(self.features[key])
+                path = self._staging / ".tmp" / f"{key}.mp4"
+                self._encoders[key] = EpisodeVideoEncoder(path, h, w, self.fps, self.vcodec, self.crf, self.gop)
+            self._encoders[key].add(values[key])
+            self._samplers[key].add(values[key])
+        for key in self._image_keys:
+            self._samplers[key].add(values[key])
+            values[key] = {"bytes": _png_bytes(values[key]), "path": f"frame_{frame_index:06d}.png"}
+        for key in self._tabular_keys:
+            if key in values:
+                self._buffer[key].append(values[key])
+        self._buffer["timestamp"].append(np.float32(frame_index / self.fps if timestamp is None else timestamp))
+        self._buffer["frame_index"].append(frame_index)
+        self._buffer["episode_index"].append(self.total_episodes)
+        self._buffer["index"].append(self.total_frames + frame_index)
+        self._buffer["task_index"].append(self.tasks.setdefault(task, len(self.tasks)))
+        if task not in self._episode_tasks:
+            self._episode_tasks.append(task)
+
+    def _validate(self, key: str, value: Any) -> Any:
+        feature = self.features[key]
+        dtype, shape = feature["dtype"], tuple(feature["shape"])
+        if dtype in ("image", "video"):
+            return _validate_image(key, value, image_hwc_shape(feature))
+        expected = np.dtype(dtype)
+        if shape == (1,) and isinstance(value, bool | int | float | np.generic):
+            if isinstance(value, np.generic):
+                ok = value.dtype == expected
+            elif isinstance(value, bool):
+                ok = expected.kind == "b"
+            elif isinstance(value, int):
+                ok = expected.kind in "iuf"
+            else:
+                ok = expected.kind == "f"
+            if not ok:
+                got = value.dtype if isinstance(value, np.generic) else type(value).__name__
+                raise FrameValidationError(f"feature {key!r}: expected a {dtype} scalar, got {got}")
+            if expected.kind == "f" and not np.isfinite(value):
+                raise FrameValidationError(f"feature {key!r}: value is NaN or infinite")
+            return np.asarray(value).astype(expected).item()
+        if not isinstance(value, np.ndarray):
+            raise FrameValidationError(
+                f"feature {key!r}: expected a numpy array {dtype}{list(shape)}, got {type(value)}"
+            )
+        if value.dtype != expected:
+            raise FrameValidationError(f"feature {key!r}: dtype {value.dtype} does not match declared {dtype}")
+        if value.shape != shape and not (shape == (1,) and value.shape == ()):
+            raise FrameValidationError(f"feature {key!r}: shape {value.shape} does not match declared {shape}")
+        if expected.kind == "f" and not np.isfinite(value).all():
+            raise FrameValidationError(f"feature {key!r}: contains NaN or infinity")
+        return value.item() if shape == (1,) else value.copy()
+
+    # ---------------------------------------------------------------- episodes
+    def clear_episode_buffer(self) -> None:
+        """Drop the frames of the episode being recorded."""
+        for encoder in self._encoders.values():
+            encoder.close()
+            encoder.path.unlink(missing_ok=True)
+        self._reset_buffer()
+
+    def save_episode(self) -> int:
+        """Write the buffered episode; returns its episode_index."""
+        self._check_open()
+        length = self.episode_buffer_size
+        if length == 0:
+            raise ValueError("save_episode: no frames were added to this episode")
+        episode_index = self.total_episodes
+        table = pa.Table.from_arrays([self._column(k) for k in self._tabular_keys], schema=self._schema)
+        record: dict[str, Any] = {"episode_index": episode_index, "tasks": list(self._episode_tasks), "length": length}
+        record.update(self._write_data(table))
+        record["dataset_from_index"] = self.total_frames
+        record["dataset_to_index"] = self.total_frames + length
+        for key in self._video_keys:
+            record.update(self._write_video(key, length))
+        stats = self._compute_stats(table, length)
+        for feature, values in stats.items():
+            for name, value in values.items():
+                record[f"stats/{feature}/{name}"] = value
+        record["meta/episodes/chunk_index"], record["meta/episodes/file_index"] = self._episodes_pos
+        self._episodes.append(record)
+        self._episode_stats.append(stats)
+        self.total_episodes += 1
+        self.total_frames += length
+        self._reset_buffer()
+        return episode_index
+
+    def _column(self, key: str) -> pa.Array:
+        arrow_type = self._schema.field(key).type
+        values = self._buffer[key]
+        if pa.types.is_fixed_size_list(arrow_type):
+            flat = np.stack(values).astype(arrow_type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
+            return pa.FixedSizeListArray.from_arrays(pa.array(flat), arrow_type.list_size)
+        if pa.types.is_struct(arrow_type):
+            return pa.array(values, type=arrow_type)
+        return pa.array(np.asarray(values, dtype=arrow_type.to_pandas_dtype()), type=arrow_type)
+
+    def _write_data(self, table: pa.Table) -> dict[str, int]:
+        estimate = table.nbytes
+        if self._data_writer is not None and self._data_sink.tell() + estimate > self.data_limit:
+            self._close_data()
+            self._data_pos = _next_file(*self._data_pos)
+        if self._data_writer is None:
+            path = self._staging / DATA_PATH.format(chunk_index=self._data_pos[0], file_index=self._data_pos[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._data_sink = pa.OSFile(str(path), "wb")
+            self._data_writer = pq.ParquetWriter(self._data_sink, self._schema, compression="snappy")
+        self._data_writer.write_table(table)
+        return {"data/chunk_index": self._data_pos[0], "data/file_index": self._data_pos[1]}
+
+    def _close_data(self) -> None:
+        if self._data_writer is not None:
+            self._data_writer.close()
+            self._data_sink.close()
+            self._data_writer = self._data_sink = None
+
+    def _write_video(self, key: str, length: int) -> dict[str, Any]:
+        encoder = self._encoders.pop(key)
+        encoder.close()
+        if key not in self._video_info:
+            self._video_info[key] = _probe_video_info(encoder.path, self.fps)
+        writer = self._video_writers.get(key)
+        episode_bytes = encoder.path.stat().st_size
+        if writer is not None and writer.size_bytes() + episode_bytes > self.video_limit:
+            writer.close()
+            self._video_pos[key] = _next_file(*self._video_pos[key])
+            writer = None
+        if writer is None:
+            chunk, file = self._video_pos[key]
+            path = self._staging / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self._video_writers[key] = ConcatVideoWriter(path)
+        start, end = writer.append(encoder.path, length, self.fps)
+        encoder.path.unlink()
+        chunk, file = self._video_pos[key]
+        return {
+            f"videos/{key}/chunk_index": chunk,
+            f"videos/{key}/file_index": file,
+            f"videos/{key}/from_timestamp": start,
+            f"videos/{key}/to_timestamp": end,
+        }
+
+    def _compute_stats(self, table: pa.Table, length: int) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for key, feature in self._all_features.items():
+            if feature["dtype"] in ("image", "video"):
+                stats[key] = image_stats(self._samplers[key].frames, length)
+            else:
+                column = table.column(key).combine_chunks()
+                if pa.types.is_fixed_size_list(column.type):
+                    values = column.flatten().to_numpy().reshape(length, -1)
+                else:
+                    values = column.to_numpy(zero_copy_only=False)
+                stats[key] = array_stats(values)
+        return stats
+
+    # ---------------------------------------------------------------- finalize
+    def finalize(self) -> pathlib.Path:
+        """Close all files, write the metadata and move the dataset to `root`. Returns `root`."""
+        self._check_open()
+        if self.episode_buffer_size:
+            warnings.warn(
+                f"finalize: dropping {self.episode_buffer_size} frames of an episode that was not saved", stacklevel=2
+            )
+            self.clear_episode_buffer()
+        self._close_data()
+        for writer in self._video_writers.values():
+            writer.close()
+        if self.total_episodes == 0:
+            shutil.rmtree(self._staging)
+            self._finalized = True
+            raise ValueError("finalize: no episode was saved; nothing was written")
+        shutil.rmtree(self._staging / ".tmp", ignore_errors=True)
+        self._write_meta()
+        self._promote()
+        self._finalized = True
+        return self.root
+
+    def _write_meta(self) -> None:
+        meta = self._staging / "meta"
+        if self._episodes:
+            chunk, file = self._episodes_pos
+            path = self._staging / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_parquet(pa.Table.from_pylist(self._episodes), path)
+        tasks = sorted(self.tasks.items(), key=lambda kv: kv[1])
+        _atomic_parquet(_tasks_table([t for t, _ in tasks]), meta / "tasks.parquet")
+        parts = ([self._prior_stats] if self._prior_stats else []) + self._episode_stats
+        _atomic_json(aggregate_stats(parts), meta / "stats.json")
+        _atomic_json(self._info(), meta / "info.json")
+
+    def _info(self) -> dict[str, Any]:
+        features = {}
+        for key, feature in self._all_features.items():
+            features[key] = dict(feature)
+            if key in self._video_info:
+                features[key]["info"] = self._video_info[key]
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": self.total_episodes,
+            "total_frames": self.total_frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": self._size_limits_mb[0],
+            "video_files_size_in_mb": self._size_limits_mb[1],
+            "fps": self.fps,
+            "splits": {"train": f"0:{self.total_episodes}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self._video_keys else None,
+            "features": features,
+        }
+
+    def _promote(self) -> None:
+        if not self.root.exists():
+            os.rename(self._staging, self.root)
+            return
+        # Append: swap directories. The only window is between the two renames, when `root` is briefly absent
+        # (never half-valid); the previous version is kept under `.<name>.previous` until the swap succeeded.
+        previous = self.root.parent / f".{self.root.name}.previous"
+        if previous.exists():
+            shutil.rmtree(previous)
+        os.rename(self.root, previous)
+        os.rename(self._staging, self.root)
+        shutil.rmtree(previous)
+
+    def _check_open(self) -> None:
+        if self._finalized:
+            raise RuntimeError(f"writer for {self.root} is already finalized")
+
+    def abort(self) -> None:
+        """Discard everything written by this writer (root stays as it was)."""
+        if self._finalized:
+            return
+        self.clear_episode_buffer()
+        self._close_data()
+        for writer in self._video_writers.values():
+            writer.close()
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._finalized = True
+
+    def __enter__(self) -> LeRobotDatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Saved episodes were accepted: keep them even when the recording loop failed.
+        if not self._finalized:
+            if self.total_episodes or self._episodes:
+                self.finalize()
+            else:
+                self.abort()
+
+
+def _validate_image(key: str, value: Any, hwc: tuple[int, int, int]) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise FrameValidationError(f"image feature {key!r}: expected a numpy array, got {type(value).__name__}")
+    chw = (hwc[2], hwc[0], hwc[1])
+    if value.shape == chw and value.shape != hwc:
+        value = np.moveaxis(value, 0, -1)
+    if value.shape != hwc:
+        raise FrameValidationError(f"image feature {key!r}: shape {value.shape} does not match declared HWC {hwc}")
+    if value.dtype == np.uint8:
+        return np.ascontiguousarray(value)
+    if value.dtype.kind == "f":
+        if not (np.isfinite(value).all() and value.min() >= 0.0 and value.max() <= 1.0):
+            raise FrameValidationError(f"image feature {key!r}: float images must lie in [0, 1]")
+        return np.round(value * 255).astype(np.uint8)
+    raise FrameValidationError(f"image feature {key!r}: dtype {value.dtype} not supported (uint8 or float in [0, 1])")
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _probe_video_info(path: pathlib.Path, fps: int) -> dict[str, Any]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        return {
+            "video.height": stream.codec_context.height,
+            "video.width": stream.codec_context.width,
+            "video.codec": "av1" if "av1" in codec else codec,
+            "video.pix_fmt": stream.codec_context.pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": fps,
+            "video.channels": 3,
+            "has_audio": False,
+        }
+
+
+def _tasks_table(tasks: list[str]) -> pa.Table:
+    """meta/tasks.parquet: task_index column, the task string as a pandas index named `task` (lerobot reads
+    it with pandas and needs that index)."""
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    schema = pa.schema(
+        [("task_index", pa.int64()), ("task", pa.string())], metadata={"pandas": json.dumps(pandas_meta)}
+    )
+    return pa.table({"task_index": list(range(len(tasks))), "task": tasks}, schema=schema)
+
+
+def _atomic_parquet(table: pa.Table, path: pathlib.Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="snappy")
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: pathlib.Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=4))
+    os.replace(tmp, path)
