@@ -322,25 +322,64 @@ class LeRobotDatasetWriter:
         length = self.episode_buffer_size
         if length == 0:
             raise ValueError("save_episode: no frames were added to this episode")
-        episode_index = self.total_episodes
         table = pa.Table.from_arrays([self._column(k) for k in self._tabular_keys], schema=self._schema)
-        record: dict[str, Any] = {"episode_index": episode_index, "tasks": list(self._episode_tasks), "length": length}
+        videos = {}
+        for key in self._video_keys:
+            encoder = self._encoders.pop(key)
+            encoder.close()
+            videos[key] = encoder.path
+        stats = self._compute_stats(table, length)
+        episode_index = self.save_prepared_episode(table, videos, stats, list(self._episode_tasks), remove_videos=True)
+        self._reset_buffer()
+        return episode_index
+
+    def save_prepared_episode(
+        self,
+        table: pa.Table,
+        videos: Mapping[str, pathlib.Path],
+        stats: Mapping[str, Any],
+        tasks: list[str],
+        remove_videos: bool = False,
+    ) -> int:
+        """Store an episode whose rows and per-camera mp4s already exist (used by save_episode and convert).
+
+        `table` holds the parquet rows (its `index`/`episode_index` columns are rewritten to continue this
+        dataset); each mp4 is appended to its camera file by remuxing.
+        """
+        self._check_open()
+        length = table.num_rows
+        episode_index = self.total_episodes
+        missing = [k for k in self._video_keys if k not in videos]
+        if missing:
+            raise ValueError(f"episode {episode_index}: no video given for {missing}")
+        table = self._renumber(table.select(self._tabular_keys).cast(self._schema), episode_index)
+        record: dict[str, Any] = {"episode_index": episode_index, "tasks": list(tasks), "length": length}
         record.update(self._write_data(table))
         record["dataset_from_index"] = self.total_frames
         record["dataset_to_index"] = self.total_frames + length
         for key in self._video_keys:
-            record.update(self._write_video(key, length))
-        stats = self._compute_stats(table, length)
+            record.update(self._append_video(key, pathlib.Path(videos[key]), length))
+            if remove_videos:
+                pathlib.Path(videos[key]).unlink()
         for feature, values in stats.items():
             for name, value in values.items():
                 record[f"stats/{feature}/{name}"] = value
         record["meta/episodes/chunk_index"], record["meta/episodes/file_index"] = self._episodes_pos
         self._episodes.append(record)
-        self._episode_stats.append(stats)
+        self._episode_stats.append(dict(stats))
         self.total_episodes += 1
         self.total_frames += length
-        self._reset_buffer()
         return episode_index
+
+    def _renumber(self, table: pa.Table, episode_index: int) -> pa.Table:
+        n = table.num_rows
+        columns = {
+            "episode_index": pa.array(np.full(n, episode_index, np.int64)),
+            "index": pa.array(np.arange(self.total_frames, self.total_frames + n, dtype=np.int64)),
+        }
+        for name, column in columns.items():
+            table = table.set_column(table.schema.get_field_index(name), self._schema.field(name), column)
+        return table.replace_schema_metadata(self._schema.metadata)
 
     def _column(self, key: str) -> pa.Array:
         arrow_type = self._schema.field(key).type
@@ -371,13 +410,11 @@ class LeRobotDatasetWriter:
             self._data_sink.close()
             self._data_writer = self._data_sink = None
 
-    def _write_video(self, key: str, length: int) -> dict[str, Any]:
-        encoder = self._encoders.pop(key)
-        encoder.close()
+    def _append_video(self, key: str, episode_mp4: pathlib.Path, length: int) -> dict[str, Any]:
         if key not in self._video_info:
-            self._video_info[key] = _probe_video_info(encoder.path, self.fps)
+            self._video_info[key] = _probe_video_info(episode_mp4, self.fps)
         writer = self._video_writers.get(key)
-        episode_bytes = encoder.path.stat().st_size
+        episode_bytes = episode_mp4.stat().st_size
         if writer is not None and writer.size_bytes() + episode_bytes > self.video_limit:
             writer.close()
             self._video_pos[key] = _next_file(*self._video_pos[key])
@@ -387,8 +424,7 @@ class LeRobotDatasetWriter:
             path = self._staging / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
             path.parent.mkdir(parents=True, exist_ok=True)
             writer = self._video_writers[key] = ConcatVideoWriter(path)
-        start, end = writer.append(encoder.path, length, self.fps)
-        encoder.path.unlink()
+        start, end = writer.append(episode_mp4, length, self.fps)
         chunk, file = self._video_pos[key]
         return {
             f"videos/{key}/chunk_index": chunk,
