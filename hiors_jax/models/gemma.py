@@ -42,12 +42,33 @@ def rms_norm(x, p, cond=None):
     return (normed * (1 + scale) + shift).astype(dtype), gate
 
 
+def _two_product(a, b):
+    """a * b = p + err exactly (Dekker's split; float32 operands)."""
+
+    def split(v):
+        t = 4097.0 * v
+        hi = t - (t - v)
+        return hi, v - hi
+
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _correctly_rounded_div(x, y):
+    """IEEE float32 x / y. XLA's CPU division can be 1 ulp off, which at RoPE angles of ~800 rad is 3e-5 and
+    shows in the keys; one residual correction restores openpi's exact angles on every backend."""
+    q = x / y
+    p, err = _two_product(q, y)
+    return q + ((x - p) - err) / y
+
+
 def apply_rope(x, positions):
     """Half-split rotary embedding in float32; x (B, T, N, H), positions (B, T)."""
     half = x.shape[-1] // 2
     freq_exponents = (2.0 / x.shape[-1]) * jnp.arange(half, dtype=jnp.float32)
     timescale = ROPE_MAX_WAVELENGTH**freq_exponents
-    radians = (positions[..., None] / timescale[None, None, :])[..., None, :]
+    radians = _correctly_rounded_div(positions[..., None].astype(jnp.float32), timescale[None, None, :])[..., None, :]
     sin, cos = jnp.sin(radians), jnp.cos(radians)
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
