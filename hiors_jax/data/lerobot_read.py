@@ -272,10 +272,13 @@ class LeRobotDataset:
         for i, e in enumerate(episode.tolist()):
             groups.setdefault(paths[e], []).append(i)
         for path, members in groups.items():
-            decoded = self._videos.get(path).frames_at(times[members], self.tolerance_s)
-            if decoded.shape[1:] != hwc:
-                raise LeRobotFormatError(f"{path}: decoded frames are {decoded.shape[1:]}, info.json declares {hwc}")
-            frames[members] = decoded
+            video = self._videos.get(path)
+            if (video.height, video.width, 3) != hwc:
+                raise LeRobotFormatError(f"{path}: frames are {video.height}x{video.width}, info.json declares {hwc}")
+            if len(members) == len(flat):
+                video.frames_at(times, self.tolerance_s, out=frames)
+            else:
+                frames[members] = video.frames_at(times[members], self.tolerance_s)
         return frames.reshape((*q.shape, *hwc))
 
     def _image_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:

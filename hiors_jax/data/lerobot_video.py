@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from hiors_jax.data.lerobot_meta import LeRobotFormatError
 
@@ -38,23 +39,34 @@ class VideoFile:
             raise LeRobotFormatError(f"{self.path}: cannot open video ({err})") from err
         self._stream.codec_context.thread_count = threads
         self._time_base = float(self._stream.time_base)
+        # One reformatter per file keeps swscale's context cached; a fresh one per frame costs ~1 ms.
+        self._reformatter = VideoReformatter()
 
     def close(self) -> None:
         self._container.close()
 
-    def frames_at(self, timestamps: Sequence[float], tolerance_s: float) -> np.ndarray:
-        """uint8 (len(timestamps), H, W, 3): for each time, the frame whose pts is nearest."""
+    def frames_at(self, timestamps: Sequence[float], tolerance_s: float, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (len(timestamps), H, W, 3): for each time, the frame whose pts is nearest (written to `out`)."""
         times = np.asarray(timestamps, dtype=np.float64)
         order = np.argsort(times, kind="stable")
-        out: list[np.ndarray | None] = [None] * len(times)
+        if out is None:
+            out = np.empty((len(times), self.height, self.width, 3), np.uint8)
         run_start = 0
         for i in range(1, len(order) + 1):
             if i == len(order) or times[order[i]] - times[order[i - 1]] > _SAME_RUN_GAP_S:
                 self._decode_run(times, order[run_start:i], tolerance_s, out)
                 run_start = i
-        return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+        return out
 
-    def _decode_run(self, times: np.ndarray, run: np.ndarray, tolerance_s: float, out: list) -> None:
+    @property
+    def height(self) -> int:
+        return self._stream.codec_context.height
+
+    @property
+    def width(self) -> int:
+        return self._stream.codec_context.width
+
+    def _decode_run(self, times: np.ndarray, run: np.ndarray, tolerance_s: float, out: np.ndarray) -> None:
         """Seek to the keyframe at or before the first time, decode forward past the last one."""
         first = times[run[0]]
         try:
@@ -84,7 +96,10 @@ class VideoFile:
                 f"{self.path}: no frame within {tolerance_s}s of {query:.6f}s (nearest pts {t:.6f}s); "
                 "the video is truncated or does not match the parquet timestamps"
             )
-        return frame.to_ndarray(format="rgb24")
+        return self.to_rgb(frame)
+
+    def to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def all_frames(self) -> tuple[np.ndarray, np.ndarray]:
         """Every frame in order: (times float64 (N,), frames uint8 (N, H, W, 3))."""
