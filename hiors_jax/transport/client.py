@@ -1,0 +1,472 @@
+"""`TrainerClient`: the actor end. agentlace's API; uploads are acknowledged, resent after failures and
+deduplicated by the learner, so they survive restarts of either side.
+
+One DEALER socket (it talks to our ROUTER and to agentlace's REP alike) guarded by a lock, a background
+link thread for heartbeats and reconnection with exponential backoff, and an optional SUB thread that
+reassembles versioned weight broadcasts and hands each complete tree to the user's callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from hiors_jax.transport import legacy
+from hiors_jax.transport.codec import WireError
+from hiors_jax.transport.config import TrainerConfig
+from hiors_jax.transport.datastore import DataStoreBase, QueuedDataStore, Stream
+from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, MAGIC, AuthError, Envelope, normalize_key
+from hiors_jax.transport.server import WIRES
+from hiors_jax.transport.weights import DEFAULT_CHUNK_BYTES, NetworkAssembler
+
+log = logging.getLogger(__name__)
+
+
+class IncompatibleConfigError(Exception):
+    """The learner's TrainerConfig differs from ours (agentlace raises a plain Exception here)."""
+
+
+def default_actor_id(name: str) -> str:
+    return f"{name}@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class TrainerClient:
+    def __init__(
+        self,
+        name: str,
+        server_ip: str,
+        config: TrainerConfig,
+        data_store: DataStoreBase | None = None,
+        data_stores: dict[str, DataStoreBase] | None = None,
+        log_level: int = logging.INFO,
+        wait_for_server: bool = False,
+        timeout_ms: int = 800,
+        *,
+        wire: str = "safe",
+        auth_key: bytes | str | None = None,
+        actor_id: str | None = None,
+        max_upload_bytes: int = 32 << 20,
+        max_upload_items: int = 4096,
+        heartbeat_interval: float = 2.0,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        context: zmq.Context | None = None,
+    ):
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
+        key = normalize_key(auth_key)
+        if wire == "agentlace":
+            if key is not None:
+                raise ValueError('wire="agentlace" has no authentication; auth_key cannot be used with it')
+            legacy.warn_pickle("TrainerClient")
+        log.setLevel(log_level)
+        self.name = name
+        self.config = config
+        self.wire = wire
+        self.server_ip = "127.0.0.1" if server_ip == "localhost" else server_ip
+        self.timeout_ms = int(timeout_ms)
+        self.actor_id = actor_id or default_actor_id(name)
+        self.max_upload_bytes = max_upload_bytes
+        self.max_upload_items = max_upload_items
+        self.heartbeat_interval = heartbeat_interval
+        self.backoff = backoff
+        self.max_message_bytes = max_message_bytes
+        self.data_stores: dict[str, DataStoreBase] = dict(data_stores or {})
+        if data_store is not None:
+            self.data_stores[name] = data_store
+        self._config_json = config.to_json()
+        self._envelope = Envelope(key, max_message_bytes=max_message_bytes)
+        self._ctx = context or zmq.Context.instance()
+        self._sock_lock = threading.RLock()
+        self._update_lock = threading.Lock()
+        self._sock: zmq.Socket | None = None
+        self._rid = 0
+        self._server_run: int | None = None
+        self._cursors: dict[tuple[str, int], int] = {}  # (store, epoch) -> next seq to send
+        self._legacy_offsets: dict[str, int] = {}
+        self._last_ok = 0.0
+        self._last_request_time = 0.0
+        self.connected = False
+        self.stats: dict[str, int] = {"uploaded_items": 0, "uploads": 0, "timeouts": 0, "rejected_items": 0}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._network_cb: Callable | None = None
+        self._assembler = NetworkAssembler()
+        self._assembler_lock = threading.Lock()
+        self.network_version: int | None = None
+        self._network_with_version = False
+        self._pending_network: tuple[int, int | None] = (0, None)
+        self._new_socket()
+
+        while True:
+            try:
+                ok = self._handshake()
+            except IncompatibleConfigError:
+                self._close_socket()
+                raise
+            if ok:
+                break
+            if not wait_for_server:
+                self._close_socket()
+                raise ConnectionError(f"Failed to connect to server at {self.server_ip}:{config.port_number}")
+            log.warning("Failed to connect to server at %s:%d, retrying...", self.server_ip, config.port_number)
+            time.sleep(2.0)
+        self.update()
+        if wire == "safe":
+            self._spawn(self._link_loop, "hiors-client-link")
+
+    # ---- socket plumbing -----------------------------------------------------------------------------
+    def _new_socket(self) -> None:
+        with self._sock_lock:
+            self._close_socket()
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a learner that is not connected
+            sock.setsockopt(zmq.RECONNECT_IVL, int(self.backoff[0] * 1000))
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.backoff[1] * 1000))
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+            sock.connect(f"tcp://{self.server_ip}:{self.config.port_number}")
+            self._sock = sock
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def _exchange(self, frames: list, timeout_ms: int) -> list | None:
+        """Send one request, wait for its reply frames. None on timeout (the socket is then replaced, so a
+        late reply can never be mistaken for the answer to a later request)."""
+        with self._sock_lock:
+            if self._sock is None:
+                self._new_socket()
+            try:
+                self._sock.send_multipart([b"", *frames], copy=False)
+                deadline = time.monotonic() + timeout_ms / 1000
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if self._sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                        reply = self._sock.recv_multipart(copy=False)
+                        if reply and len(reply[0]) == 0:
+                            return reply[1:]
+                        log.warning("dropping a reply without the empty delimiter frame")
+            except zmq.ZMQError as exc:
+                log.debug("request failed: %s", exc)
+            self.stats["timeouts"] += 1
+            self.connected = False
+            self._new_socket()
+            return None
+
+    def _call(self, msg: dict, timeout_ms: int | None = None) -> dict | None:
+        """Safe-wire request/reply. Replies to older requests (after a timeout) are recognised and skipped."""
+        with self._sock_lock:
+            self._rid += 1
+            msg = {**msg, "rid": self._rid}
+            frames = self._exchange(self._envelope.pack(msg), timeout_ms or self.timeout_ms)
+            if frames is None:
+                return None
+            try:
+                reply = self._envelope.unpack(frames)
+            except AuthError as exc:
+                refusal = _unsigned_refusal(frames)
+                if refusal:
+                    raise AuthError(
+                        f"learner refused our message: {refusal} (are both sides using the same auth_key?)"
+                    ) from exc
+                raise AuthError(f"reply from the learner failed authentication: {exc}") from exc
+            if not isinstance(reply, dict):
+                raise WireError("learner reply is not a dict")
+            if reply.get("auth") is False:
+                error = str(reply.get("error"))
+                raise (AuthError if error.startswith("unauthenticated") else WireError)(
+                    f"learner refused our message: {error}"
+                )
+            if reply.get("rid") != self._rid:
+                raise WireError(f"reply id {reply.get('rid')!r} does not match request {self._rid}")
+            self.connected = True
+            self._last_ok = time.monotonic()
+            run = reply.get("run")
+            if self._server_run is not None and run != self._server_run:
+                log.warning("learner restarted (run %s -> %s); re-synchronising uploads", self._server_run, run)
+                self._server_run = None  # forces a new handshake before the next upload
+            return reply
+
+    def _legacy_call(self, msg: dict) -> Any:
+        with self._sock_lock:
+            frames = self._exchange([legacy.encode(msg)], self.timeout_ms)
+            if frames is None:
+                return None
+            if len(frames) != 1:
+                log.error("agentlace reply has %d frames, expected 1", len(frames))
+                return None
+            try:
+                reply = legacy.decode(frames[0].buffer, self.max_message_bytes)
+            except WireError as exc:
+                log.error("unreadable agentlace reply: %s", exc)
+                return None
+            self.connected = True
+            self._last_ok = time.monotonic()
+            return reply
+
+    # ---- handshake -------------------------------------------------------------------------------------
+    def _handshake(self) -> bool:
+        if self.wire == "agentlace":
+            reply = self._legacy_call({"type": "hash"})
+            if reply is None:
+                return False
+            if not (isinstance(reply, dict) and reply.get("success")) or reply.get("payload") != self._config_json:
+                raise IncompatibleConfigError(f"Incompatible config: server {reply!r}, client {self._config_json}")
+            return True
+        streams = self._all_streams()
+        rows = [[name, s.epoch, s.bind(self.actor_id)] for name, s in streams]
+        reply = self._call({"t": "hello", "config": self._config_json, "actor": self.actor_id, "streams": rows})
+        if reply is None:
+            return False
+        if not reply.get("ok"):
+            if reply.get("error") == "incompatible config":
+                raise IncompatibleConfigError(
+                    f"Incompatible config with server: server {reply.get('config')}, client {self._config_json}"
+                )
+            raise ConnectionError(f"learner refused the handshake: {reply.get('error')}")
+        marks = reply.get("marks")
+        if not isinstance(marks, list) or len(marks) != len(streams):
+            raise WireError("handshake reply has a bad marks list")
+        for (name, stream), (accepted, committed) in zip(streams, marks, strict=True):
+            self._cursors[(name, stream.epoch)] = accepted + 1
+            stream.release(committed)
+        self._server_run = reply.get("run")
+        self._pending_network = (reply.get("network_chunks") or 0, reply.get("version"))
+        return True
+
+    def _all_streams(self) -> list[tuple[str, Stream]]:
+        out = []
+        for name, store in self.data_stores.items():
+            if not isinstance(store, QueuedDataStore):
+                raise TypeError(f"data store {name!r} must be a QueuedDataStore on the actor side")
+            out.extend((name, s) for s in store.streams())
+        return out
+
+    # ---- agentlace API ---------------------------------------------------------------------------------
+    def update(self) -> bool:
+        """Upload everything not yet acknowledged, synchronously. True when all of it was accepted."""
+        with self._update_lock:
+            if self.wire == "agentlace":
+                return all(self._legacy_update(name, store) for name, store in self.data_stores.items())
+            try:
+                return self._update_safe()
+            except (WireError, ConnectionError) as exc:
+                log.error("upload failed: %s", exc)
+                return False
+
+    def _update_safe(self) -> bool:
+        if self._server_run is None and not self._handshake():
+            return False
+        for name, stream in self._all_streams():
+            cursor_key = (name, stream.epoch)
+            while True:
+                cursor = self._cursors.get(cursor_key, 0)
+                first, items = stream.pending(cursor, self.max_upload_items, self.max_upload_bytes)
+                if not items:
+                    break
+                msg = {
+                    "t": "upload",
+                    "store": name,
+                    "actor": stream.bind(self.actor_id),
+                    "epoch": stream.epoch,
+                    "first": first,
+                    "released": stream.first_seq - 1,
+                    "items": items,
+                }
+                reply = self._call(msg)
+                if reply is None:
+                    return False
+                if self._server_run is None:  # the learner restarted between two uploads
+                    return self._handshake() and self._update_safe()
+                if not reply.get("ok") and reply.get("error") != "gap":
+                    log.error("learner refused an upload to %r: %s", name, reply.get("error"))
+                    return False
+                for seq, why in reply.get("rejected", []):
+                    self.stats["rejected_items"] += 1
+                    log.error("learner's store %r could not insert item %d (%s); it is dropped", name, seq, why)
+                accepted = int(reply["accepted"])
+                self._cursors[cursor_key] = accepted + 1
+                stream.release(int(reply["committed"]))
+                if reply.get("ok"):
+                    self.stats["uploaded_items"] += max(0, accepted + 1 - first)
+                    self.stats["uploads"] += 1
+        return True
+
+    def _legacy_update(self, name: str, store: DataStoreBase) -> bool:
+        reply = self._legacy_call({"type": "get_last_update_id", "payload": {"store_name": name}})
+        if not (isinstance(reply, dict) and reply.get("success")):
+            if reply is not None:
+                log.error("agentlace server refused store %r: %s", name, reply.get("message"))
+            return False
+        cursor = int(reply["payload"])
+        stream = store.current if isinstance(store, QueuedDataStore) else None
+        if name not in self._legacy_offsets:
+            # agentlace keys its cursor by store name only; a new actor run would otherwise have its first
+            # `cursor + 1` items skipped. Shift this run's ids past the cursor instead.
+            first = stream.first_seq if stream is not None else 0
+            self._legacy_offsets[name] = max(0, cursor + 1 - first)
+        offset = self._legacy_offsets[name]
+        batch = store.get_latest_data(cursor - offset)
+        if not batch:
+            return True
+        last_local = store.latest_data_id()
+        msg = {"type": "datastore", "store_name": name, "payload": {"data": batch, "last_id": last_local + offset}}
+        reply = self._legacy_call(msg)
+        if not (isinstance(reply, dict) and reply.get("success")):
+            if reply is not None:
+                log.error("agentlace server refused data for %r: %s", name, reply.get("message"))
+            return False
+        if stream is not None:
+            stream.release(last_local)
+        self.stats["uploaded_items"] += len(batch)
+        return True
+
+    def request(self, request_type: str, payload: Any) -> Any:
+        """Call the learner's request callback. None when the type is not configured or the learner is away."""
+        if request_type not in self.config.request_types:
+            log.warning("request type %r is not in config.request_types; not sent", request_type)
+            return None
+        if self.config.rate_limit is not None:
+            now = time.monotonic()
+            if now - self._last_request_time < 1.0 / self.config.rate_limit:
+                log.warning("request %r dropped by rate_limit=%s", request_type, self.config.rate_limit)
+                return None
+            self._last_request_time = now
+        if self.wire == "agentlace":
+            return self._legacy_call({"type": request_type, "payload": payload})
+        reply = self._call({"t": "req", "type": request_type, "payload": payload})
+        if reply is None:
+            return None
+        if not reply.get("ok"):
+            return {"success": False, "message": reply.get("error")}
+        return reply.get("payload")
+
+    def recv_network_callback(self, callback: Callable, *, with_version: bool = False) -> None:
+        """Call `callback(params)` (or `callback(params, version)`) on a background thread for every complete
+        broadcast. On connect the newest published weights are fetched, so a late actor does not wait for
+        the next publish."""
+        self._network_cb = callback
+        self._network_with_version = with_version
+        self._spawn(self._network_loop, "hiors-client-network")
+
+    def start_async_update(self, interval: float = 10.0) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.update()
+                except Exception:
+                    log.exception("background update failed")
+
+        self._spawn(loop, "hiors-client-update")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with self._sock_lock:
+            self._close_socket()
+
+    # ---- background threads ------------------------------------------------------------------------------
+    def _spawn(self, target: Callable, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _link_loop(self) -> None:
+        """Heartbeats while idle; after a failure, retries with exponential backoff and re-handshakes."""
+        delay = self.backoff[0]
+        while not self._stop.wait(delay if not self.connected else self.heartbeat_interval / 2):
+            if self.connected and time.monotonic() - self._last_ok < self.heartbeat_interval:
+                continue
+            try:
+                reply = self._call({"t": "ping", "actor": self.actor_id})
+                if reply is not None and self._server_run is None and self._update_lock.acquire(blocking=False):
+                    try:  # the learner restarted: learn its marks now rather than at the next update()
+                        self._handshake()
+                    finally:
+                        self._update_lock.release()
+            except (WireError, ConnectionError) as exc:
+                log.error("heartbeat failed: %s", exc)
+                reply = None
+            delay = self.backoff[0] if reply is not None else min(delay * 2, self.backoff[1])
+
+    def _network_loop(self) -> None:
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.wire == "agentlace":
+            sub.setsockopt(zmq.RCVHWM, 3)
+            sub.setsockopt(zmq.CONFLATE, 1)
+        else:
+            sub.setsockopt(zmq.RCVHWM, 0)
+            sub.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes, 2 * DEFAULT_CHUNK_BYTES))
+        sub.connect(f"tcp://{self.server_ip}:{self.config.broadcast_port}")
+        if self.wire == "safe":
+            self._fetch_latest_network()
+        try:
+            while not self._stop.is_set():
+                if not sub.poll(100, zmq.POLLIN):
+                    continue
+                frames = sub.recv_multipart(copy=False)
+                try:
+                    if self.wire == "agentlace":
+                        self._deliver(legacy.decode(frames[0].buffer, 1 << 40), None)
+                    else:
+                        self._feed_network(self._envelope.unpack(frames))
+                except WireError as exc:
+                    log.warning("rejected a weight broadcast message: %s", exc)
+        finally:
+            sub.close(0)
+
+    def _fetch_latest_network(self) -> None:
+        count, version = self._pending_network
+        if not count or (self.network_version is not None and version <= self.network_version):
+            return
+        try:
+            for index in range(count):
+                reply = self._call({"t": "net_get", "i": index}, timeout_ms=max(self.timeout_ms, 30_000))
+                if reply is None or not reply.get("ok"):
+                    log.warning("could not fetch the latest weights (chunk %d); waiting for the next broadcast", index)
+                    return
+                self._feed_network(reply["chunk"])
+        except (WireError, ConnectionError) as exc:
+            log.warning("could not fetch the latest weights: %s", exc)
+
+    def _feed_network(self, msg: Any) -> None:
+        with self._assembler_lock:
+            done = self._assembler.feed(msg)
+        if done is not None:
+            self._deliver(done[1], done[0])
+
+    def _deliver(self, params: Any, version: int | None) -> None:
+        self.network_version = version
+        try:
+            if self._network_with_version:
+                self._network_cb(params, version)
+            else:
+                self._network_cb(params)
+        except Exception:
+            log.exception("network callback raised; keeping the receiver running")
+
+
+def _unsigned_refusal(frames: list) -> str | None:
+    """The error text of an unsigned refusal from the learner, if that is what `frames` is."""
+    try:
+        if len(frames) == 3 and bytes(frames[0].buffer) == MAGIC and len(frames[1]) == 0:
+            reply = Envelope(None).unpack(frames)
+            if isinstance(reply, dict) and reply.get("auth") is False:
+                return str(reply.get("error"))
+    except WireError:
+        return None
+    return None

@@ -1,0 +1,46 @@
+"""agentlace's own wire format, for talking to unmodified agentlace peers: one frame of lz4(pickle(obj)).
+
+Unpickling runs code chosen by whoever can reach the port, so this is opt-in (`wire="agentlace"`) and
+every endpoint that enables it logs a warning. Decompression is bounded so a small frame cannot expand
+into an unbounded allocation.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import lz4.frame
+
+from hiors_jax.transport.codec import WireError
+
+log = logging.getLogger(__name__)
+
+PICKLE_WARNING = (
+    'wire="agentlace" unpickles every message it receives: anyone who can reach this port can run code '
+    "in this process. Use it only on a trusted network, to talk to unmodified agentlace peers."
+)
+
+
+def warn_pickle(role: str) -> None:
+    log.warning("%s: %s", role, PICKLE_WARNING)
+
+
+def encode(obj: Any) -> bytes:
+    return lz4.frame.compress(pickle.dumps(obj))
+
+
+def decode(frame: bytes | memoryview, max_bytes: int) -> Any:
+    if len(frame) > max_bytes:
+        raise WireError(f"agentlace frame of {len(frame)} bytes exceeds the limit of {max_bytes}")
+    try:
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+        raw = decompressor.decompress(bytes(frame), max_length=max_bytes)
+        if not decompressor.eof:
+            raise WireError(f"agentlace frame is truncated or expands beyond {max_bytes} bytes")
+        return pickle.loads(raw)
+    except WireError:
+        raise
+    except Exception as exc:
+        raise WireError(f"malformed agentlace frame: {type(exc).__name__}: {exc}") from exc
