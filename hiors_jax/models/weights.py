@@ -536,7 +536,11 @@ class _TensorSource:
         self._stack = contextlib.ExitStack()
         self._where: dict[str, Any] = {}
         for file in files:
-            handle = self._stack.enter_context(safe_open(str(file), framework="numpy"))
+            try:
+                handle = self._stack.enter_context(safe_open(str(file), framework="numpy"))
+            except Exception as err:  # safetensors raises its own error types for truncated/foreign files
+                self._stack.close()
+                raise ValueError(f"{file} is not a readable safetensors file: {err}") from err
             for key in handle.keys():
                 if key in self._where:
                     raise ValueError(f"tensor '{key}' appears in more than one safetensors file ({file})")
@@ -758,6 +762,7 @@ def save_safetensors_params(
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.chmod(0o644)  # the writer creates the file owner-only
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -377,6 +377,9 @@ def test_missing_safetensors_path(tmp_path):
         W.load_safetensors_params(tmp_path / "none.safetensors")
     with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
         W.load_safetensors_params(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        W.load_safetensors_params(tmp_path)
 
 
 def test_save_safetensors_rejects_foreign_trees(tmp_path, fixture):
@@ -408,3 +411,29 @@ def test_flatten_unflatten_round_trip_and_errors():
         W.unflatten_params({"a//b": 1})
     with pytest.raises(ValueError, match="empty sub-tree"):
         W.flatten_params({"a": {}})
+
+
+@pytest.mark.parametrize("pi05", [False, True])
+def test_real_head_geometry_matches_the_model_tree(pi05, tmp_path):
+    """So400m's fused SigLIP q/k/v (1152 wide -> 16 heads of 72) and Gemma's 8x256 heads with one KV head,
+    split without any hint, give exactly the tree the port's model expects (small widths elsewhere)."""
+    import jax
+
+    from hiors_jax.models import config as C
+    from hiors_jax.models import pi0
+
+    cfg = C.Pi0Config(
+        vlm=C.GemmaConfig(width=256, depth=1, mlp_dim=32, num_heads=8, num_kv_heads=1, head_dim=256),
+        expert=C.GemmaConfig(width=128, depth=1, mlp_dim=32, num_heads=8, num_kv_heads=1, head_dim=256),
+        vision=C.SiglipConfig(width=1152, depth=1, mlp_dim=32, num_heads=16),
+        vocab_size=64,
+        pi05=pi05,
+        dtype="float32",
+    )
+    shapes = pi0.param_shapes(cfg)
+    rng = np.random.default_rng(0)
+    tree = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(ml_dtypes.bfloat16), shapes)
+    path = W.save_safetensors_params(tmp_path, tree, "lerobot_old")
+    loaded = W.load_safetensors_params(path)
+    W.check_params_match(loaded, shapes)
+    _trees_bitwise_equal(loaded, tree)
