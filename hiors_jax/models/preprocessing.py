@@ -313,7 +313,10 @@ def make_observation_inputs(
         raise ValueError(f"state has {states.shape[-1]} dims, more than the model's action_dim={action_dim}")
     batch = states.shape[0]
     prompts = observation["prompt"]
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, list | tuple | np.ndarray) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompt must be a str or a list of str, got {observation['prompt']!r}")
+    prompts = list(prompts)
     if len(prompts) != batch:
         raise ValueError(f"got {len(prompts)} prompt(s) for a batch of {batch} state(s)")
 

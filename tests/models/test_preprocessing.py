@@ -317,6 +317,10 @@ def test_observation_input_errors(stats, tokenizer_path):
     del obs["prompt"]
     with pytest.raises(KeyError, match="prompt"):
         make(obs)
+    obs = _observation(rng)
+    obs["prompt"] = b"bytes prompt"
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        make(obs)
     obs = _observation(rng, batch=2)
     obs["prompt"] = ["only one"]
     with pytest.raises(ValueError, match="1 prompt"):
