@@ -108,7 +108,9 @@ class StateRecorder:
                 }
             )
             # Stay on the grid; after a long gap (a blocked query) restart it rather than burst.
-            self._next = now + self.period if self._next is None or now - self._next > self.period else self._next + self.period
+            self._next = (
+                now + self.period if self._next is None or now - self._next > self.period else self._next + self.period
+            )
 
     def drain(self) -> list[dict]:
         with self._lock:

@@ -99,7 +99,9 @@ def parse_observation(msg, spec: ObservationSpec) -> tuple[dict, dict]:
     stamps = np.zeros(n, np.float64)
     for i, rec in enumerate(chunk):
         if not isinstance(rec, dict) or "state" not in rec or "state_timestamp" not in rec:
-            raise ProtocolError(f"state_chunk[{i}] must be a map with state, server_teleoperation_flag, state_timestamp")
+            raise ProtocolError(
+                f"state_chunk[{i}] must be a map with state, server_teleoperation_flag, state_timestamp"
+            )
         states[i] = _state_vector(rec["state"], f"state_chunk[{i}].state")
         flags[i] = _flag(rec.get("server_teleoperation_flag"), f"state_chunk[{i}].server_teleoperation_flag")
         try:

@@ -1,6 +1,11 @@
-"""Success rate of the scripted teleoperator driving alone from reset (seeded, no rendering).
+"""Success rate of the scripted teleoperator (seeded, no rendering).
 
-    python -m robot.sim.teleop_eval --task easy --episodes 20 --seed 0
+python -m robot.sim.teleop_eval --task easy --episodes 20 --seed 0
+    the teleoperator drives alone from reset;
+python -m robot.sim.teleop_eval --task transfer --start mid-task-walk
+    it takes over after a stand-in "policy" left the robot somewhere: `hold` (a stalled policy), `walk`
+    (1 s of random-walk joint targets from reset) or `mid-task-walk` (the expert ran 1-6 s, then 1 s of
+    random walk), through the same takeover rules the sim robot uses.
 """
 
 from __future__ import annotations
@@ -10,13 +15,34 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
+from robot.sim.expert import make_expert
 from robot.sim.human import HumanConfig, ScriptedHuman
 from robot.sim.xtrainer import TASKS, SimXTrainer
 
+STARTS = ("reset", "hold", "walk", "mid-task-walk")
+JOINT_MASK = np.r_[np.ones(6), 0, np.ones(6), 0]
 
-def run_episode(sim: SimXTrainer, seed: int) -> tuple[str, str, float]:
+
+def run_episode(sim: SimXTrainer, seed: int, start: str = "reset") -> tuple[str, str, float]:
     sim.reset(seed)
-    human = ScriptedHuman(sim, HumanConfig(drive_from_start=True))
+    if start == "reset":
+        human = ScriptedHuman(sim, HumanConfig(drive_from_start=True))
+    else:
+        rng = np.random.default_rng(seed + 10_000)
+        if start == "mid-task-walk":
+            expert, until = make_expert(sim), rng.uniform(1.0, 6.0)
+            while sim.time < until:
+                sim.step(expert.act())
+        # The stand-in policy gets 1 s past its start before the human's patience runs out.
+        human = ScriptedHuman(sim, HumanConfig(patience_s=sim.time + 1.0))
+        target = sim.command14()
+        while human.label is None and not human.teleop:
+            if start != "hold":
+                target = target + rng.normal(0.0, 0.05, 14) * JOINT_MASK
+            sim.step(target)
+            human.after_step()
     while human.label is None:
         sim.step(human.expert_action())
         human.after_step()
@@ -28,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=sorted(TASKS), default="easy")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
+    parser.add_argument("--start", choices=STARTS, default="reset", help="where the teleoperator takes over")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
@@ -35,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     successes, times = 0, []
     start = time.perf_counter()
     for i in range(args.episodes):
-        label, reason, t = run_episode(sim, args.seed + i)
+        label, reason, t = run_episode(sim, args.seed + i, args.start)
         successes += label == "success"
         if label == "success":
             times.append(t)
@@ -43,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = successes / args.episodes
     median = f"{statistics.median(times):.2f} s" if times else "n/a"
     print(
-        f"task {args.task}: {successes}/{args.episodes} successes ({100 * rate:.0f}%), "
+        f"task {args.task} (start: {args.start}): {successes}/{args.episodes} successes ({100 * rate:.0f}%), "
         f"median time to label {median}, wall {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -54,7 +54,9 @@ class SimXTrainer:
             side: np.array([m.jnt_qposadr[m.joint(f"vx300s_{side}/{j}").id] for j in sim_model.ARM_JOINTS])
             for side in ("left", "right")
         }
-        self._finger_qadr = {side: m.jnt_qposadr[m.joint(f"vx300s_{side}/left_finger").id] for side in ("left", "right")}
+        self._finger_qadr = {
+            side: m.jnt_qposadr[m.joint(f"vx300s_{side}/left_finger").id] for side in ("left", "right")
+        }
         self.box_qadr = m.jnt_qposadr[m.joint("red_box_joint").id]
         self.box_vadr = m.jnt_dofadr[m.joint("red_box_joint").id]
         self.gripper_body = {side: m.body(f"vx300s_{side}/gripper_link").id for side in ("left", "right")}
@@ -73,7 +75,8 @@ class SimXTrainer:
         mujoco.mj_resetData(self.model, self.data)
         start = sim_model.start_state14()
         self._write_arm_qpos(start)
-        self.data.qpos[self.box_qadr : self.box_qadr + 7] = [rng.uniform(0.0, 0.2), rng.uniform(0.4, 0.6), 0.02, 1, 0, 0, 0]
+        box_xy = [rng.uniform(0.0, 0.2), rng.uniform(0.4, 0.6)]  # gym-aloha's cube range; it rests at z = 0.02
+        self.data.qpos[self.box_qadr : self.box_qadr + 7] = [*box_xy, 0.02, 1, 0, 0, 0]
         if self.task.name == "easy":
             self.target = np.array([rng.uniform(-0.25, 0.05), rng.uniform(0.35, 0.65), rng.uniform(0.12, 0.35)])
             self.data.mocap_pos[0] = self.target
@@ -103,7 +106,7 @@ class SimXTrainer:
         self.time += CONTROL_DT
 
     def _apply_ctrl(self, q14: np.ndarray) -> None:
-        for i, side in enumerate(("left", "right")):
+        for i in range(2):
             arm = q14[7 * i : 7 * i + 6]
             finger = sim_model.GRIPPER_CLOSED_FINGER + q14[7 * i + 6] * sim_model.GRIPPER_SPAN
             self.data.ctrl[8 * i : 8 * i + 6] = arm
