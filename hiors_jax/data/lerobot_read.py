@@ -32,7 +32,7 @@ DEFAULT_TOLERANCE_S = 1e-4
 class FrameSource(Protocol):
     """Something that returns decoded frames for rows of one camera (e.g. the uint8 memmap cache)."""
 
-    def frames(self, key: str, rows: np.ndarray) -> np.ndarray: ...
+    def frames(self, key: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def delta_indices_from_timestamps(
@@ -259,10 +259,10 @@ class LeRobotDataset:
         return result
 
     def _video_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
-        if self.frame_source is not None:
-            return self.frame_source.frames(key, q.reshape(-1)).reshape((*q.shape, *hwc))
         flat = q.reshape(-1)
         frames = dest.reshape(-1, *hwc) if dest is not None else np.empty((len(flat), *hwc), np.uint8)
+        if self.frame_source is not None:
+            return self.frame_source.frames(key, flat, out=frames).reshape((*q.shape, *hwc))
         episode = self._row_episode[flat]
         eps = self.meta.episodes
         times = self._cols.tabular["timestamp"][flat].astype(np.float64) + eps.video_from_timestamp[key][episode]
@@ -282,10 +282,10 @@ class LeRobotDataset:
         return frames.reshape((*q.shape, *hwc))
 
     def _image_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
-        if self.frame_source is not None:
-            return self.frame_source.frames(key, q.reshape(-1)).reshape((*q.shape, *hwc))
         flat = q.reshape(-1)
         frames = dest.reshape(-1, *hwc) if dest is not None else np.empty((len(flat), *hwc), np.uint8)
+        if self.frame_source is not None:
+            return self.frame_source.frames(key, flat, out=frames).reshape((*q.shape, *hwc))
         column = self._cols.images[key]
         for i, row in enumerate(flat.tolist()):
             data = column[row].as_py()
