@@ -204,6 +204,7 @@ class ConcatVideoWriter:
         self._container = None
         self._stream = None
         self._last_dts = None
+        self.bytes_written = 0  # packet payload muxed so far (the file on disk lags behind AVIO's buffer)
 
     def append(self, episode_path: str | pathlib.Path, num_frames: int, fps: int) -> tuple[float, float]:
         """Remux one episode file; returns its (from_timestamp, to_timestamp) inside this file."""
@@ -223,12 +224,13 @@ class ConcatVideoWriter:
                     raise LeRobotFormatError(f"{episode_path}: packet timestamps overlap the previous episode")
                 self._last_dts = packet.dts
                 packet.stream = self._stream
+                self.bytes_written += packet.size
                 self._container.mux(packet)
         self.duration_s = start + num_frames / fps
         return start, self.duration_s
 
     def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        return self.bytes_written
 
     def close(self) -> None:
         if self._container is not None:

@@ -49,7 +49,7 @@ def tiny_frame(episode: int, frame: int, features: dict, rng: np.random.Generato
         if features[key]["dtype"] in ("video", "image"):
             image = np.zeros((H, W, 3), np.uint8)
             image[..., 0] = (xx * 4 + frame * 3) % 256
-            image[..., 1] = (yy * 6 + episode * 40) % 256
+            image[..., 1] = np.minimum(yy * 3 + episode * 20, 255)
             image[..., 2] = 128
             values[key] = image
     return values
