@@ -337,6 +337,14 @@ def test_wrong_shape_is_named(openpi_file, tmp_path, fixture):
         W.load_safetensors_params(_write(tmp_path, tensors), siglip_num_heads=2)
 
 
+def test_layer_dtype_mismatch_is_named(openpi_file, tmp_path):
+    _, tensors = openpi_file
+    key = f"{EXPERT}layers.1.self_attn.o_proj.weight"
+    tensors[key] = tensors[key].astype(np.float16)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + ".*float16.*layer 0 gives .*float32"):
+        W.load_safetensors_params(_write(tmp_path, tensors), siglip_num_heads=2)
+
+
 def test_shape_mismatch_against_expected_tree_is_named(openpi_file, tmp_path, fixture):
     _, tensors = openpi_file
     key = "action_out_proj.weight"
