@@ -84,7 +84,10 @@ class VideoFile:
                     break
             for q in pending:  # past the last frame: the last frame is the nearest
                 if prev is None:
-                    raise LeRobotFormatError(f"{self.path}: no frame decoded at or after {times[q]:.6f}s")
+                    raise LeRobotFormatError(
+                        f"{self.path}: no frame within {tolerance_s}s of {times[q]:.6f}s: nothing decodes from there "
+                        "(truncated or corrupt video)"
+                    )
                 out[q] = self._check(prev[1], times[q], tolerance_s)
         except av.error.FFmpegError as err:
             raise LeRobotFormatError(f"{self.path}: video decode failed near {first:.4f}s ({err})") from err
