@@ -43,8 +43,13 @@ def _check_image_batch(images: np.ndarray, name: str = "image") -> None:
 
 def resized_size(cur_height: int, cur_width: int, height: int, width: int) -> tuple[int, int]:
     """Content size inside the padded canvas, computed exactly as openpi does (float ratio, then int())."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"target size must be positive, got {height}x{width}")
     ratio = max(cur_width / width, cur_height / height)
-    return int(cur_height / ratio), int(cur_width / ratio)
+    new_h, new_w = int(cur_height / ratio), int(cur_width / ratio)
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"a {cur_height}x{cur_width} image would shrink to {new_h}x{new_w} inside {height}x{width}")
+    return new_h, new_w
 
 
 def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:

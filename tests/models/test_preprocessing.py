@@ -71,6 +71,10 @@ def test_resize_rejects_bad_images():
         P.resize_with_pad(np.zeros((10, 10, 4), np.uint8), 224, 224)
     with pytest.raises(ValueError, match="HWC"):
         P.resize_with_pad(np.zeros((10, 10), np.uint8), 224, 224)
+    with pytest.raises(ValueError, match="1x1000 image would shrink to 0x224"):
+        P.resize_with_pad(np.zeros((1, 1000, 3), np.uint8), 224, 224)
+    with pytest.raises(ValueError, match="target size must be positive"):
+        P.resize_with_pad(np.zeros((10, 10, 3), np.uint8), 0, 224)
 
 
 def test_jax_variant_geometry_and_agreement_with_pil():
