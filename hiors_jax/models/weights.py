@@ -248,8 +248,10 @@ class _Rule:
     torch_keys: tuple[str, ...]
     # JAX array (one layer's slice when stacked) -> PyTorch tensors, in torch_keys order.
     to_torch: Callable[[np.ndarray], tuple[np.ndarray, ...]]
-    # PyTorch tensors -> JAX array (one layer), given the head-split dims.
+    # PyTorch tensors (torch_keys, then borrowed) -> JAX array (one layer), given the head-split dims.
     from_torch: Callable[[tuple[np.ndarray, ...], _Dims], np.ndarray]
+    # Tensors of other rules read only for their shape (q and o take head_dim from k_proj).
+    borrowed: tuple[str, ...] = ()
 
     @property
     def stacked(self) -> bool:
@@ -395,12 +397,12 @@ def _gemma_rules(suffix: str, prefix: str, *, expert: bool, adaptive_norms: bool
         return np.stack([_swap_last_two(t.reshape(kv_heads(d), head_dim, t.shape[1])) for t in (k, v)])
 
     rules = [
-        # q needs head_dim, which comes from k_proj (K heads); k_proj is passed along as a second input.
         _Rule(
             layers + f"attn/q_einsum{suffix}/w",
-            (q_key, k_key),
+            (q_key,),
             lambda a: (_swap_last_two(a).reshape(-1, a.shape[1]),),  # (N, D, H) -> (N*H, D)
             q_back,
+            borrowed=(k_key,),
         ),
         _Rule(
             layers + f"attn/kv_einsum{suffix}/w",
@@ -410,11 +412,12 @@ def _gemma_rules(suffix: str, prefix: str, *, expert: bool, adaptive_norms: bool
         ),
         _Rule(
             layers + f"attn/attn_vec_einsum{suffix}/w",
-            (layer + "self_attn.o_proj.weight", k_key),
+            (layer + "self_attn.o_proj.weight",),
             lambda a: (_swap_last_two(a.reshape(-1, a.shape[-1])),),  # (N, H, D) -> (D, N*H)
             lambda ts, d: _swap_last_two(ts[0]).reshape(
                 -1, _split_heads(ts[1].shape[0], kv_heads(d), k_key), ts[0].shape[0]
             ),
+            borrowed=(k_key,),
         ),
         _Rule(
             layers + f"mlp{suffix}/gating_einsum",
@@ -436,13 +439,6 @@ def _gemma_rules(suffix: str, prefix: str, *, expert: bool, adaptive_norms: bool
         else:
             rules.append(_Rule(jax_name + "/scale", (torch_name + ".weight",), _same, _same_back))
     return rules
-
-
-def _owned_keys(rule: _Rule) -> tuple[str, ...]:
-    # q/o rules borrow k_proj only to learn head_dim; the kv rule owns it.
-    if rule.jax_path.endswith(("q_einsum/w", "q_einsum_1/w", "attn_vec_einsum/w", "attn_vec_einsum_1/w")):
-        return rule.torch_keys[:1]
-    return rule.torch_keys
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -664,7 +660,7 @@ def load_safetensors_params(
         }
         wanted: set[str] = set()
         for rule in rules:
-            for template in _owned_keys(rule):
+            for template in rule.torch_keys:
                 depth = depths["vision" if "vision_tower" in template else "llm"]
                 names = [template.format(i=i) for i in range(depth)] if rule.stacked else [template]
                 wanted.update(names)
@@ -697,7 +693,7 @@ def load_safetensors_params(
 def _convert(
     rule: _Rule, source: _TensorSource, stored: Callable[[str], str], dims: _Dims, i: int | None
 ) -> np.ndarray:
-    keys = [stored(t.format(i=i) if i is not None else t) for t in rule.torch_keys]
+    keys = [stored(t.format(i=i) if i is not None else t) for t in rule.torch_keys + rule.borrowed]
     tensors = tuple(source.get(k) for k in keys)
     for key, tensor in zip(keys, tensors, strict=True):
         if tensor.ndim != _torch_rank(key):
@@ -785,7 +781,7 @@ def save_safetensors_params(
         value = flat[rule.jax_path]
         slices = [value[i] for i in range(value.shape[0])] if rule.stacked else [value]
         for i, piece in enumerate(slices):
-            for template, tensor in zip(_owned_keys(rule), rule.to_torch(piece), strict=False):
+            for template, tensor in zip(rule.torch_keys, rule.to_torch(piece), strict=True):
                 key = _to_naming(template.format(i=i) if rule.stacked else template, naming)
                 tensors[key] = np.ascontiguousarray(tensor)
     path.parent.mkdir(parents=True, exist_ok=True)
