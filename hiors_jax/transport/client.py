@@ -185,9 +185,9 @@ class TrainerClient:
                 raise WireError("learner reply is not a dict")
             if reply.get("auth") is False:
                 error = str(reply.get("error"))
-                raise (AuthError if error.startswith("unauthenticated") else WireError)(
-                    f"learner refused our message: {error}"
-                )
+                if error.startswith("unauthenticated"):
+                    raise AuthError(f"learner refused our message: {error} (are both sides using the same auth_key?)")
+                raise WireError(f"learner refused our message: {error}")
             if reply.get("rid") != self._rid:
                 raise WireError(f"reply id {reply.get('rid')!r} does not match request {self._rid}")
             self.connected = True
@@ -266,8 +266,19 @@ class TrainerClient:
                 return False
 
     def _update_safe(self) -> bool:
-        if self._server_run is None and not self._handshake():
+        # A ping first: a restarted learner is noticed even when nothing new is queued, so items it lost
+        # (acknowledged by its predecessor but not persisted) are resent now.
+        held = [(name, s) for name, s in self._all_streams() if len(s)]
+        rows = [[name, s.epoch, s.bind(self.actor_id)] for name, s in held]
+        reply = self._call({"t": "ping", "actor": self.actor_id, "streams": rows})
+        if reply is None:
             return False
+        if self._server_run is None:
+            if not self._handshake():
+                return False
+        elif isinstance(reply.get("marks"), list) and len(reply["marks"]) == len(held):
+            for (_, stream), (_, committed) in zip(held, reply["marks"], strict=True):
+                stream.release(int(committed))  # what the learner has persisted since the last upload
         for name, stream in self._all_streams():
             cursor_key = (name, stream.epoch)
             while True:

@@ -65,6 +65,20 @@ def bind_address(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+def _bind(sock: zmq.Socket, address: str, wait_s: float = 3.0) -> None:
+    """Bind, waiting briefly if a socket this process just closed still holds the port (zmq closes async)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sock.bind(address)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                sock.close(0)
+                raise
+            time.sleep(0.05)
+
+
 class _RateLimitedLog:
     """Logs at most one line per reason per second, with a count of the suppressed ones."""
 
@@ -145,11 +159,11 @@ class TrainerServer:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # libzmq drops a peer sending a bigger frame
-        self._router.bind(bind_address(bind_host, config.port_number))
+        _bind(self._router, bind_address(bind_host, config.port_number))
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.SNDHWM, 0 if wire == "safe" else 3)  # chunks of one version must not be dropped
-        self._pub.bind(bind_address(bind_host, config.broadcast_port))
+        _bind(self._pub, bind_address(bind_host, config.broadcast_port))
 
     # ---- agentlace API -------------------------------------------------------------------------------
     def register_data_store(self, name: str, data_store: DataStoreBase) -> None:
@@ -270,8 +284,10 @@ class TrainerServer:
         kind = msg["t"]
         if kind == "upload":
             return self._upload(msg)
-        if kind == "ping":
+        if kind == "ping":  # heartbeat; with "streams" it also reports their marks
             self._seen(msg.get("actor"))
+            if "streams" in msg and isinstance(msg.get("actor"), str):
+                return {"ok": True, "marks": self._marks(msg["actor"], msg["streams"])}
             return {"ok": True}
         if kind == "hello":
             return self._hello(msg)
@@ -294,15 +310,22 @@ class TrainerServer:
         if not isinstance(actor, str) or not 0 < len(actor) <= _MAX_ID_LEN or not isinstance(streams, list):
             raise WireError("hello needs an actor id string and a list of streams")
         self._seen(actor)
+        marks = self._marks(actor, streams)
+        with self._net_lock:
+            net = len(self._latest_network)
+        return {"ok": True, "marks": marks, "network_chunks": net, "version": self._version if net else None}
+
+    def _marks(self, actor: str, streams: Any) -> list[list[int]]:
+        """[accepted, committed] per [store, epoch, actor_id] row."""
+        if not isinstance(streams, list) or len(streams) > 10_000:
+            raise WireError("streams must be a list")
         marks = []
         for row in streams:
             if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[1], int)):
                 raise WireError(f"bad stream entry {row!r:.80}")
             key = (row[2] if isinstance(row[2], str) else actor, row[1], row[0])
             marks.append([self.ledger.mark(key), self.ledger.committed_mark(key)])
-        with self._net_lock:
-            net = len(self._latest_network)
-        return {"ok": True, "marks": marks, "network_chunks": net, "version": self._version if net else None}
+        return marks
 
     def _upload(self, msg: dict) -> dict:
         store_name, actor, epoch = msg.get("store"), msg.get("actor"), msg.get("epoch")
