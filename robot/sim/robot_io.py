@@ -3,6 +3,8 @@ and the teleop device would, and time is simulated (it advances only when the br
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from robot.dobot import teleop
@@ -20,8 +22,13 @@ class SimRobotIO:
         human: HumanConfig | None = None,
         seed: int = 0,
         render: bool = True,
+        horizon_s: float | None = None,
     ):
         self.sim = SimXTrainer(task, image_size, render=render)
+        if horizon_s is not None:
+            if horizon_s <= 0:
+                raise ValueError(f"horizon_s must be positive, got {horizon_s}")
+            self.sim.task = dataclasses.replace(self.sim.task, horizon_s=horizon_s)
         self.prompt = self.sim.task.prompt
         self.human_config = human or HumanConfig()
         self._next_seed = seed

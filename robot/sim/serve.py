@@ -35,12 +35,15 @@ class SimServeConfig:
     teleop_steps: int = 1
     human: HumanConfig = dataclasses.field(default_factory=HumanConfig)
     render: bool = True
+    horizon_s: float | None = None  # episode time before the scripted human labels failure (None: the task's)
 
 
 def make_bridge(config: SimServeConfig) -> Bridge:
     from robot.sim.robot_io import SimRobotIO  # imports mujoco: only where the sim runs
 
-    io = SimRobotIO(config.task, config.image_size, config.human, seed=config.seed, render=config.render)
+    io = SimRobotIO(
+        config.task, config.image_size, config.human, seed=config.seed, render=config.render, horizon_s=config.horizon_s
+    )
     bridge_config = BridgeConfig(
         uri=config.uri,
         api_key=config.api_key,
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teleop-steps", type=int, default=1)
     parser.add_argument("--no-takeover", action="store_true", help="the scripted human only labels")
     parser.add_argument("--patience", type=float, default=None, help="seconds the policy gets before takeover")
+    parser.add_argument("--horizon", type=float, default=None, help="episode seconds before a failure label")
     parser.add_argument("--max-queries", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sim-robot %(levelname)s %(message)s")
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         policy_steps=args.policy_steps,
         teleop_steps=args.teleop_steps,
         human=HumanConfig(takeover=not args.no_takeover, patience_s=args.patience),
+        horizon_s=args.horizon,
     )
     bridge = make_bridge(config)
     try:

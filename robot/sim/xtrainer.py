@@ -18,6 +18,7 @@ CONTROL_DT = 0.02
 SUBSTEPS = 10  # 0.002 s physics steps per control step
 MAX_JOINT_STEP = 0.04  # rad per control step (2 rad/s): rate limit on commanded joint targets
 TABLE_HALF_X, TABLE_Y = 0.61, (0.219, 0.981)
+ARM_DIMS = np.r_[0:6, 7:13]  # the 12 joint dims of the 14-d vector (the rest are grippers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,9 @@ class SimXTrainer:
         self.box_geom = m.geom("red_box").id
         self.table_geom = m.geom("table").id
         self._finger_geoms = {side: self._geoms_of_finger_bodies(side) for side in ("left", "right")}
+        self._arm_bodies = np.array(
+            [b for b in range(m.nbody) if m.body(b).name.startswith("vx300s_") and "/" in m.body(b).name]
+        )
         self.target = np.zeros(3)
         self._command = sim_model.start_state14()
         self.time = 0.0
@@ -93,14 +97,12 @@ class SimXTrainer:
         """One 50 Hz control step towards a 14-d target (rate-limited, clipped to the joint ranges)."""
         target14 = np.asarray(target14, dtype=np.float64)
         delta = target14 - self._command
-        joints = np.r_[0:6, 7:13]
-        delta[joints] = np.clip(delta[joints], -MAX_JOINT_STEP, MAX_JOINT_STEP)
-        self._command = self._command + delta
-        self._command[joints] = np.clip(self._command[joints], self.joint_low()[joints], self.joint_high()[joints])
+        delta[ARM_DIMS] = np.clip(delta[ARM_DIMS], -MAX_JOINT_STEP, MAX_JOINT_STEP)
+        low, high = self._limits()
+        self._command = np.clip(self._command + delta, low, high)
         self._apply_ctrl(self._command)
         warnings_before = self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
-        for _ in range(SUBSTEPS):
-            mujoco.mj_step(self.model, self.data)
+        mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
         if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != warnings_before:
             self.bad_physics = True  # MuJoCo silently reset the state: the episode is over
         self.time += CONTROL_DT
@@ -219,11 +221,8 @@ class SimXTrainer:
         if box[2] < -0.02 or abs(box[0]) > TABLE_HALF_X or not TABLE_Y[0] < box[1] < TABLE_Y[1]:
             return "the cube left the table"
         # Any arm body below the table top inside its footprint: it went through the slab.
-        pos = self.data.xpos
-        for body in range(1, self.model.nbody):
-            name = self.model.body(body).name
-            if name.startswith("vx300s_") and not name.endswith(("left", "right")):
-                x, y, z = pos[body]
-                if z < -0.005 and abs(x) < TABLE_HALF_X and TABLE_Y[0] < y < TABLE_Y[1]:
-                    return f"arm link {name} went under the table top"
+        x, y, z = self.data.xpos[self._arm_bodies].T
+        under = (z < -0.005) & (np.abs(x) < TABLE_HALF_X) & (y > TABLE_Y[0]) & (y < TABLE_Y[1])
+        if under.any():
+            return f"arm link {self.model.body(self._arm_bodies[np.argmax(under)]).name} went under the table top"
         return None
