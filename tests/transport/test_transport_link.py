@@ -65,6 +65,13 @@ def actors(trainer_config):
         c.stop()
 
 
+def eventually(fn, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not (ok := fn()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ok
+
+
 def ids(store):
     return [item["id"] for item in store.items]
 
@@ -150,7 +157,7 @@ def test_learner_restart_with_persisted_marks_neither_loses_nor_duplicates(train
     server.stop()
     server, store = start_learner(True)
     try:
-        assert client.update()
+        assert eventually(client.update)  # False while the socket reconnects, as a real actor would see
         assert ids(store) == [f"a-{i}" for i in range(15)]
         server.persist()
         deadline = time.monotonic() + 5
