@@ -21,8 +21,9 @@ from hiors_jax.data.lerobot_meta import LeRobotFormatError
 
 # Encoder names accepted by the writer, and the codec name lerobot records in info.json for each.
 VIDEO_CODECS = {"libsvtav1": "av1", "av1": "av1", "h264": "h264", "libx264": "h264"}
-# Queries closer than this in one file are decoded with a single seek (decode forward instead of re-seeking).
-_SAME_RUN_GAP_S = 0.25
+# Queries at most this many frame intervals apart are decoded forward without a new seek. lerobot's g=2
+# puts a keyframe every 2 frames, so seeking is cheaper than decoding through anything farther away.
+_SAME_RUN_FRAMES = 1.5
 
 
 class VideoFile:
@@ -39,6 +40,8 @@ class VideoFile:
             raise LeRobotFormatError(f"{self.path}: cannot open video ({err})") from err
         self._stream.codec_context.thread_count = threads
         self._time_base = float(self._stream.time_base)
+        rate = self._stream.average_rate or self._stream.guessed_rate or 30
+        self._same_run_gap_s = _SAME_RUN_FRAMES / float(rate)
         # One reformatter per file keeps swscale's context cached; a fresh one per frame costs ~1 ms.
         self._reformatter = VideoReformatter()
 
@@ -53,7 +56,7 @@ class VideoFile:
             out = np.empty((len(times), self.height, self.width, 3), np.uint8)
         run_start = 0
         for i in range(1, len(order) + 1):
-            if i == len(order) or times[order[i]] - times[order[i - 1]] > _SAME_RUN_GAP_S:
+            if i == len(order) or times[order[i]] - times[order[i - 1]] > self._same_run_gap_s:
                 self._decode_run(times, order[run_start:i], tolerance_s, out)
                 run_start = i
         return out
