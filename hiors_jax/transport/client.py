@@ -58,6 +58,7 @@ class TrainerClient:
         heartbeat_interval: float = 2.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_network_bytes: int = 64 << 30,
         context: zmq.Context | None = None,
     ):
         if wire not in WIRES:
@@ -79,6 +80,7 @@ class TrainerClient:
         self.heartbeat_interval = heartbeat_interval
         self.backoff = backoff
         self.max_message_bytes = max_message_bytes
+        self.max_network_bytes = max_network_bytes
         self.data_stores: dict[str, DataStoreBase] = dict(data_stores or {})
         if data_store is not None:
             self.data_stores[name] = data_store
@@ -99,7 +101,7 @@ class TrainerClient:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._network_cb: Callable | None = None
-        self._assembler = NetworkAssembler()
+        self._assembler = NetworkAssembler(max_total_bytes=max_network_bytes)
         self._assembler_lock = threading.Lock()
         self.network_version: int | None = None
         self._network_with_version = False
@@ -432,7 +434,7 @@ class TrainerClient:
                 frames = sub.recv_multipart(copy=False)
                 try:
                     if self.wire == "agentlace":
-                        self._deliver(legacy.decode(frames[0].buffer, 1 << 40), None)
+                        self._deliver(legacy.decode(frames[0].buffer, self.max_network_bytes), None)
                     else:
                         self._feed_network(self._envelope.unpack(frames))
                 except WireError as exc:

@@ -35,10 +35,23 @@ def decode(frame: bytes | memoryview, max_bytes: int) -> Any:
     if len(frame) > max_bytes:
         raise WireError(f"agentlace frame of {len(frame)} bytes exceeds the limit of {max_bytes}")
     try:
-        decompressor = lz4.frame.LZ4FrameDecompressor()
-        raw = decompressor.decompress(bytes(frame), max_length=max_bytes)
-        if not decompressor.eof:
-            raise WireError(f"agentlace frame is truncated or expands beyond {max_bytes} bytes")
+        data = bytes(frame)
+        size = lz4.frame.get_frame_info(data)["content_size"]  # agentlace's frames record it
+        if size > max_bytes:
+            raise WireError(f"agentlace frame expands to {size} bytes, over the limit of {max_bytes}")
+        if size:
+            raw = lz4.frame.decompress(data)
+        else:  # size not recorded: expand piecewise and stop at the limit
+            decompressor, parts, total = lz4.frame.LZ4FrameDecompressor(), [], 0
+            while not decompressor.eof:
+                part = decompressor.decompress(data if not parts else b"", max_length=min(64 << 20, max_bytes + 1))
+                total += len(part)
+                if total > max_bytes or (not part and not decompressor.eof):
+                    raise WireError(f"agentlace frame is truncated or expands beyond {max_bytes} bytes")
+                parts.append(part)
+            raw = b"".join(parts)
+        if size and len(raw) != size:
+            raise WireError("agentlace frame is truncated")
         return pickle.loads(raw)
     except WireError:
         raise
