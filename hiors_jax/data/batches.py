@@ -81,11 +81,7 @@ class FrameCache:
             array = np.memmap(tmp, np.uint8, "w+", shape=shape)
             for pos in range(len(plain.meta.episodes)):
                 start, stop = plain.episode_bounds(pos)
-                rows = np.arange(start, stop)
-                if plain.features[key]["dtype"] == "video":
-                    plain._video_frames(key, rows, hwc, array[start:stop])
-                else:
-                    plain._image_frames(key, rows, hwc, array[start:stop])
+                plain.camera_frames(key, np.arange(start, stop), out=array[start:stop])
             array.flush()
             del array
             os.replace(tmp, cls._file(directory, key))
@@ -146,10 +142,11 @@ class BatchLayout:
         }
 
 
-def _worker_main(dataset, cache_dir, shm_names, layout: BatchLayout, tasks, results) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def _worker_main(dataset, cache_dir, shm_names, layout: BatchLayout, tasks, results, decode_threads: int) -> None:
     slots = [shared_memory.SharedMemory(name=name) for name in shm_names]
     try:
+        for part in dataset.datasets if isinstance(dataset, MultiLeRobotDataset) else [dataset]:
+            part.decode_threads = decode_threads
         if cache_dir is not None:
             attach_frame_cache(dataset, cache_dir, build=False)
         views = [layout.views(s.buf) for s in slots]
@@ -175,10 +172,11 @@ class BatchLoader:
     """Iterator of batches (dicts of numpy arrays plus a `task` list) from a LeRobot dataset.
 
     Batches are uniform random samples of `batch_size` rows (seeded), or the given `index_batches`.
-    `num_workers=0` decodes in this process; otherwise worker processes decode with `prefetch` batches each
-    in flight. `cache_dir` builds (once) and uses a pre-decoded uint8 frame cache. With `reuse_buffers=True`
-    the returned arrays live in buffers that the next `next()` call overwrites (no copy and no fresh pages per
-    batch: use it when each batch is consumed, e.g. put on device, before asking for the next one).
+    `num_workers=0` decodes in this process (with the dataset's decode threads); otherwise worker processes
+    (`worker_decode_threads` each) decode with `prefetch` batches each in flight. `cache_dir` builds (once)
+    and uses a pre-decoded uint8 frame cache. With `reuse_buffers=True` the returned arrays live in buffers
+    that the next `next()` call overwrites (no copy and no fresh pages per batch: use it when each batch is
+    consumed, e.g. put on device, before asking for the next one).
     """
 
     def __init__(
@@ -193,6 +191,7 @@ class BatchLoader:
         index_batches: Iterable[Sequence[int]] | None = None,
         timeout_s: float = 120.0,
         reuse_buffers: bool = False,
+        worker_decode_threads: int = 1,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -203,6 +202,7 @@ class BatchLoader:
         self.num_workers = num_workers
         self.timeout_s = timeout_s
         self.reuse_buffers = reuse_buffers
+        self.worker_decode_threads = worker_decode_threads
         self._held_slot: int | None = None
         self._out: dict[str, np.ndarray] | None = None
         self._rng = np.random.default_rng(seed)
@@ -233,7 +233,15 @@ class BatchLoader:
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         names = [s.name for s in self._slots]
         for _ in range(self.num_workers):
-            args = (self.dataset, self.cache_dir, names, self._layout, self._tasks, self._results)
+            args = (
+                self.dataset,
+                self.cache_dir,
+                names,
+                self._layout,
+                self._tasks,
+                self._results,
+                self.worker_decode_threads,
+            )
             worker = ctx.Process(target=_worker_main, args=args, daemon=True)
             worker.start()
             self._workers.append(worker)

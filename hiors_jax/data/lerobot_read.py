@@ -7,7 +7,9 @@ Images come back as uint8 HWC; shape-[1] features as 0-d arrays.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -140,11 +142,15 @@ class LeRobotDataset:
         delta_timestamps: Mapping[str, Sequence[float]] | None = None,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         video_threads: int = 1,
+        decode_threads: int | None = None,
     ):
         self.root = pathlib.Path(root)
         self.delta_timestamps = {k: list(v) for k, v in (delta_timestamps or {}).items()}
         self.tolerance_s = tolerance_s
         self.video_threads = video_threads
+        # mp4 files decoded concurrently per batch (PyAV releases the GIL while decoding and converting).
+        self.decode_threads = decode_threads if decode_threads is not None else min(4, os.cpu_count() or 1)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.meta = load_meta(self.root)
         self.delta_indices = delta_indices_from_timestamps(
             self.delta_timestamps, self.meta.fps, self.meta.features, tolerance_s
@@ -159,7 +165,8 @@ class LeRobotDataset:
 
     # Pickling re-opens from the root, so worker processes get their own files and decoders.
     def __reduce__(self):
-        return (type(self), (self.root, self.delta_timestamps, self.tolerance_s, self.video_threads))
+        args = (self.root, self.delta_timestamps, self.tolerance_s, self.video_threads, self.decode_threads)
+        return (type(self), args)
 
     def _check_episode_ranges(self) -> None:
         eps = self.meta.episodes
@@ -243,10 +250,11 @@ class LeRobotDataset:
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"indices out of range for dataset of {len(self)} frames: {rows.tolist()}")
         result: dict[str, Any] = {} if out is None else out
+        jobs: list[tuple] = []
         for key, feature in self.features.items():
             q, pad = self.query_rows(rows, key)
             if feature["dtype"] == "video":
-                values = self._video_frames(key, q, image_hwc_shape(feature), result.get(key))
+                values = self._video_frames(key, q, image_hwc_shape(feature), result.get(key), jobs)
             elif feature["dtype"] == "image":
                 values = self._image_frames(key, q, image_hwc_shape(feature), result.get(key))
             else:
@@ -254,11 +262,15 @@ class LeRobotDataset:
             _put(result, key, values)
             if pad is not None:
                 _put(result, f"{key}_is_pad", pad)
+        self._run_decode_jobs(jobs)
         task_index = self._cols.tabular["task_index"][rows]
         result["task"] = [self.meta.tasks[t] for t in task_index]
         return result
 
-    def _video_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
+    def _video_frames(
+        self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None, jobs: list
+    ) -> np.ndarray:
+        """Array for `key` at rows `q`; video decoding is queued on `jobs` (one per mp4) to run afterwards."""
         flat = q.reshape(-1)
         frames = dest.reshape(-1, *hwc) if dest is not None else np.empty((len(flat), *hwc), np.uint8)
         if self.frame_source is not None:
@@ -272,14 +284,43 @@ class LeRobotDataset:
         for i, e in enumerate(episode.tolist()):
             groups.setdefault(paths[e], []).append(i)
         for path, members in groups.items():
-            video = self._videos.get(path)
+            video = self._videos.get(path)  # opened here, in the calling thread
             if (video.height, video.width, 3) != hwc:
                 raise LeRobotFormatError(f"{path}: frames are {video.height}x{video.width}, info.json declares {hwc}")
-            if len(members) == len(flat):
+            jobs.append((video, times, np.asarray(members), frames))
+        return frames.reshape((*q.shape, *hwc))
+
+    def camera_frames(self, key: str, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (len(rows), H, W, 3) frames of one image/video feature at `rows` (no delta window)."""
+        feature = self.features[key]
+        hwc = image_hwc_shape(feature)
+        q = np.asarray(rows, dtype=np.int64)
+        if feature["dtype"] == "image":
+            return self._image_frames(key, q, hwc, out)
+        jobs: list[tuple] = []
+        frames = self._video_frames(key, q, hwc, out, jobs)
+        self._run_decode_jobs(jobs)
+        return frames
+
+    def _run_decode_jobs(self, jobs: list[tuple]) -> None:
+        def run(job: tuple) -> None:
+            video, times, members, frames = job
+            if len(members) == len(frames):
                 video.frames_at(times, self.tolerance_s, out=frames)
             else:
                 frames[members] = video.frames_at(times[members], self.tolerance_s)
-        return frames.reshape((*q.shape, *hwc))
+
+        try:
+            if self.decode_threads > 1 and len(jobs) > 1:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(self.decode_threads, "lerobot-decode")
+                for future in [self._pool.submit(run, job) for job in jobs]:
+                    future.result()
+            else:
+                for job in jobs:
+                    run(job)
+        finally:
+            self._videos.trim()
 
     def _image_frames(self, key: str, q: np.ndarray, hwc: tuple[int, int, int], dest: np.ndarray | None) -> np.ndarray:
         flat = q.reshape(-1)
@@ -298,6 +339,9 @@ class LeRobotDataset:
         return frames.reshape((*q.shape, *hwc))
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._videos.close()
 
 

@@ -122,9 +122,13 @@ class VideoFile:
 
 
 class VideoFileCache:
-    """Keeps a bounded number of open VideoFiles (one cache per process/worker; containers are not fork-safe)."""
+    """Keeps open VideoFiles (one cache per process/worker; containers are not fork-safe).
 
-    def __init__(self, max_open: int = 64, threads: int = 1):
+    `get` never closes anything, so files handed out for one batch stay valid while it decodes; `trim`
+    (called between batches) closes the least recently used ones beyond `max_open`.
+    """
+
+    def __init__(self, max_open: int = 256, threads: int = 1):
         self._files: OrderedDict[pathlib.Path, VideoFile] = OrderedDict()
         self._max_open = max_open
         self._threads = threads
@@ -132,13 +136,14 @@ class VideoFileCache:
     def get(self, path: pathlib.Path) -> VideoFile:
         video = self._files.get(path)
         if video is None:
-            video = VideoFile(path, threads=self._threads)
-            self._files[path] = video
-            while len(self._files) > self._max_open:
-                self._files.popitem(last=False)[1].close()
+            video = self._files[path] = VideoFile(path, threads=self._threads)
         else:
             self._files.move_to_end(path)
         return video
+
+    def trim(self) -> None:
+        while len(self._files) > self._max_open:
+            self._files.popitem(last=False)[1].close()
 
     def close(self) -> None:
         for video in self._files.values():
