@@ -329,3 +329,27 @@ def test_observation_input_errors(stats, tokenizer_path):
     obs["prompt"] = ["only one"]
     with pytest.raises(ValueError, match="1 prompt"):
         make(obs)
+
+
+def test_observation_inputs_feed_the_model(stats, tokenizer_path):
+    """Host observation -> model inputs -> the port's PI0 sampler (tiny config, random weights)."""
+    import jax
+
+    from hiors_jax.models import config as C
+    from hiors_jax.models import pi0
+
+    cfg = C.tiny_config(action_horizon=4)
+    tok = PaligemmaTokenizer(tokenizer_path, max_len=cfg.max_token_len)
+    obs = _observation(np.random.default_rng(3))
+    inputs = P.make_observation_inputs(
+        obs,
+        camera_map=CAMERAS,
+        tokenizer=tok,
+        state_stats=stats["state"],
+        action_dim=cfg.action_dim,
+        image_size=(cfg.vision.image_size, cfg.vision.image_size),
+    )
+    params = pi0.init_params(cfg, jax.random.key(0))
+    noise = np.random.default_rng(4).normal(size=(1, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    actions = np.asarray(pi0.sample_actions(cfg, params, pi0.Observation.from_dict(inputs), noise, num_steps=2))
+    assert actions.shape == (1, cfg.action_horizon, cfg.action_dim) and np.all(np.isfinite(actions))

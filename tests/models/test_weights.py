@@ -445,3 +445,25 @@ def test_real_head_geometry_matches_the_model_tree(pi05, tmp_path):
     loaded = W.load_safetensors_params(path)
     W.check_params_match(loaded, shapes)
     _trees_bitwise_equal(loaded, tree)
+
+
+def test_safetensors_weights_reproduce_openpi_velocity(fixture, tmp_path):
+    """End to end: openpi's checkpoint -> old-lerobot/hiors safetensors -> loader -> the port's model gives
+    openpi's v_t for the fixture inputs."""
+    from hiors_jax.models import pi0
+
+    path = W.save_safetensors_params(tmp_path, fixture["trees"]["params"], "lerobot_old")
+    params = W.load_safetensors_params(path, siglip_num_heads=2)
+    io = np.load(fixture["root"] / "io.npz")
+    config = pi0.infer_config(params, max_token_len=io["tokenized_prompt"].shape[1], dtype="float32")
+    obs = pi0.Observation.from_dict(
+        {
+            "images": {k: io[f"image_{k}"] for k in config.image_keys},
+            "image_masks": {k: io[f"image_mask_{k}"] for k in config.image_keys},
+            "state": io["state"],
+            "tokenized_prompt": io["tokenized_prompt"],
+            "tokenized_prompt_mask": io["tokenized_prompt_mask"],
+        }
+    )
+    v_t = np.asarray(pi0.predict_velocity(config, params, obs, io["x_t"], io["time"]))
+    np.testing.assert_allclose(v_t, io["v_t"], rtol=0, atol=1e-4)
