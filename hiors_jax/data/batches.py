@@ -36,6 +36,7 @@ def _fingerprint(dataset: LeRobotDataset) -> dict[str, Any]:
         "version": _CACHE_VERSION,
         "root": str(dataset.root.resolve()),
         "frames": len(dataset),
+        "episodes": dataset.episodes,
         "files": {str(p.relative_to(dataset.root)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
     }
 
@@ -72,14 +73,15 @@ class FrameCache:
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "manifest.json").unlink(missing_ok=True)  # invalid until fully rebuilt
-        plain = LeRobotDataset(dataset.root, tolerance_s=dataset.tolerance_s)  # no delta windows, no cache
+        # Same rows, no delta windows, no cache.
+        plain = LeRobotDataset(dataset.root, tolerance_s=dataset.tolerance_s, episodes=dataset.episodes)
         shapes = {}
         for key in plain.meta.camera_keys:
             hwc = image_hwc_shape(plain.features[key])
             shape = (len(plain), *hwc)
             tmp = directory / f"{key}.u8.tmp"
             array = np.memmap(tmp, np.uint8, "w+", shape=shape)
-            for pos in range(len(plain.meta.episodes)):
+            for pos in plain.episode_positions.tolist():
                 start, stop = plain.episode_bounds(pos)
                 plain.camera_frames(key, np.arange(start, stop), out=array[start:stop])
             array.flush()

@@ -74,13 +74,12 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
 class _Columns:
     """All data-parquet rows of one dataset, as numpy columns (tabular) and PNG byte arrays (images)."""
 
-    def __init__(self, meta: DatasetMeta):
+    def __init__(self, meta: DatasetMeta, positions: np.ndarray):
         paths: list[pathlib.Path] = []
-        for pos in range(len(meta.episodes)):
+        for pos in positions.tolist():
             path = meta.data_path(pos)
-            if not paths or paths[-1] != path:
-                if path not in paths:
-                    paths.append(path)
+            if path not in paths:
+                paths.append(path)
         self.tabular: dict[str, np.ndarray] = {}
         self.images: dict[str, pa.Array] = {}
         self.row_source: list[tuple[pathlib.Path, int]] = []  # (file, rows) for error messages
@@ -96,6 +95,9 @@ class _Columns:
         table = pa.concat_tables(tables) if tables else None
         if table is None:
             raise LeRobotFormatError(f"{meta.root}: dataset has no data files")
+        if len(positions) < len(meta.episodes):  # a subset of episodes: drop the other episodes' rows
+            wanted = meta.episodes.episode_index[positions]
+            table = table.filter(pa.array(np.isin(table.column("episode_index").to_numpy(), wanted)))
         order = np.argsort(table.column("index").to_numpy(), kind="stable")
         if (order != np.arange(len(order))).any():
             table = table.take(pa.array(order))
@@ -143,6 +145,7 @@ class LeRobotDataset:
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         video_threads: int = 1,
         decode_threads: int | None = None,
+        episodes: Sequence[int] | None = None,
     ):
         self.root = pathlib.Path(root)
         self.delta_timestamps = {k: list(v) for k, v in (delta_timestamps or {}).items()}
@@ -155,8 +158,17 @@ class LeRobotDataset:
         self.delta_indices = delta_indices_from_timestamps(
             self.delta_timestamps, self.meta.fps, self.meta.features, tolerance_s
         )
-        self._cols = _Columns(self.meta)
-        self._check_episode_ranges()
+        self.episodes = None if episodes is None else sorted(int(e) for e in episodes)
+        all_episodes = self.meta.episodes.episode_index
+        if self.episodes is None:
+            self.episode_positions = np.arange(len(all_episodes))
+        else:
+            unknown = sorted(set(self.episodes) - set(all_episodes.tolist()))
+            if unknown or not self.episodes:
+                raise ValueError(f"{self.root}: episodes {unknown or '[]'} not in dataset (has {len(all_episodes)})")
+            self.episode_positions = np.searchsorted(all_episodes, self.episodes)
+        self._cols = _Columns(self.meta, self.episode_positions)
+        self._locate_episodes()
         self._videos = VideoFileCache(threads=video_threads)
         self._video_paths = {
             k: [self.meta.video_path(k, e) for e in range(len(self.meta.episodes))] for k in self.meta.video_keys
@@ -165,31 +177,44 @@ class LeRobotDataset:
 
     # Pickling re-opens from the root, so worker processes get their own files and decoders.
     def __reduce__(self):
-        args = (self.root, self.delta_timestamps, self.tolerance_s, self.video_threads, self.decode_threads)
+        args = (
+            self.root,
+            self.delta_timestamps,
+            self.tolerance_s,
+            self.video_threads,
+            self.decode_threads,
+            self.episodes,
+        )
         return (type(self), args)
 
-    def _check_episode_ranges(self) -> None:
+    def _locate_episodes(self) -> None:
+        """Row -> episode position, and each episode's [from, to) in row positions, checked against metadata."""
         eps = self.meta.episodes
-        index = self._cols.tabular["index"]
-        if len(index) and (index != np.arange(index[0], index[0] + len(index))).any():
-            raise LeRobotFormatError(f"{self.root}: `index` column is not contiguous")
-        self._index_offset = int(index[0]) if len(index) else 0
-        # row -> episode position, and each row's episode bounds in row positions
-        episode_of_row = self._cols.tabular["episode_index"]
-        position = {int(e): p for p, e in enumerate(eps.episode_index)}
-        try:
-            self._row_episode = np.array([position[int(e)] for e in episode_of_row], dtype=np.int64)
-        except KeyError as err:
+        index, episode_of_row = self._cols.tabular["index"], self._cols.tabular["episode_index"]
+        pos = np.clip(np.searchsorted(eps.episode_index, episode_of_row), 0, max(len(eps) - 1, 0))
+        unknown = eps.episode_index[pos] != episode_of_row
+        if unknown.any():
+            bad = int(np.argmax(unknown))
             raise LeRobotFormatError(
-                f"{self.root}: data rows reference episode {err} absent from episode metadata"
-            ) from err
-        self._ep_from = eps.dataset_from_index - self._index_offset
-        self._ep_to = eps.dataset_to_index - self._index_offset
+                f"{self._cols.where(bad)}: episode {episode_of_row[bad]} is absent from the episode metadata"
+            )
+        offset = index - eps.dataset_from_index[pos]
+        outside = (offset < 0) | (offset >= eps.length[pos])
+        if outside.any():
+            bad = int(np.argmax(outside))
+            raise LeRobotFormatError(
+                f"{self._cols.where(bad)}: row index {index[bad]} lies outside its episode's range"
+            )
         rows = np.arange(len(index))
-        inside = (rows >= self._ep_from[self._row_episode]) & (rows < self._ep_to[self._row_episode])
-        if not inside.all():
-            bad = int(np.argmin(inside))
-            raise LeRobotFormatError(f"{self._cols.where(bad)}: row lies outside its episode's index range")
+        self._ep_from = np.full(len(eps), -1, np.int64)
+        self._ep_from[pos] = rows - offset
+        self._ep_to = self._ep_from + eps.length
+        counts = np.bincount(pos, minlength=len(eps))[self.episode_positions]
+        short = counts != eps.length[self.episode_positions]
+        if short.any() or (self._ep_from[pos] != rows - offset).any():
+            e = int(eps.episode_index[self.episode_positions[int(np.argmax(short))]])
+            raise LeRobotFormatError(f"{self.root}: rows of episode {e} do not match its metadata (length/index)")
+        self._row_episode = pos
 
     def __len__(self) -> int:
         return self._cols.num_rows
@@ -203,7 +228,7 @@ class LeRobotDataset:
         return self.meta.features
 
     def episode_bounds(self, episode_pos: int) -> tuple[int, int]:
-        """[from, to) row positions of the episode at position `episode_pos` of meta.episodes."""
+        """[from, to) row positions of the episode at position `episode_pos` of meta.episodes (loaded ones)."""
         return int(self._ep_from[episode_pos]), int(self._ep_to[episode_pos])
 
     def output_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -127,3 +127,21 @@ def test_cli_convert_and_errors(lerobot_fixtures, tmp_path, capsys):
     assert main(["convert", str(lerobot_fixtures / "ds_lerobot"), str(tmp_path / "again")]) == 1
     assert "expects a v2.1 dataset" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("name", ["ds_lerobot", "ds_v21"])
+def test_subset_of_episodes(lerobot_fixtures, name):
+    root, expected, meta = _expected(lerobot_fixtures, name)
+    dataset = LeRobotDataset(root, delta_timestamps=meta["delta"]["delta_timestamps"], episodes=[2, 0])
+    kept = np.r_[0:40, 90:150]
+    assert len(dataset) == 100 and dataset.episodes == [0, 2]
+    batch = dataset.get_batch(np.arange(100))
+    np.testing.assert_array_equal(batch["index"], kept)
+    for query_pos, row in enumerate(expected["delta__query_index"].tolist()):
+        if row not in kept:
+            continue
+        item = dataset[int(np.searchsorted(kept, row))]
+        for key in ("action", "action_is_pad", "observation.images.cam_high", "observation.images.cam_high_is_pad"):
+            np.testing.assert_array_equal(item[key], expected[f"delta__{key}"][query_pos], err_msg=f"{row} {key}")
+    with pytest.raises(ValueError, match=r"episodes \[7\] not in dataset"):
+        LeRobotDataset(root, episodes=[0, 7])
