@@ -8,7 +8,9 @@ The SentencePiece model file is supplied by the user (e.g. a local copy of big_v
 * PI0.5 with discrete state: ``BOS + encode("Task: {clean(prompt)}, State: {b0 b1 ...};\\nAction: ")`` where the
   bins are the (already normalised, unpadded) state digitised into 256 bins over [-1, 1].
 
-``clean`` strips the prompt and turns ``"_"`` and ``"\\n"`` into spaces. Sequences are right-padded with id 0
+``clean`` strips the prompt and turns ``"_"`` and ``"\\n"`` into spaces. ``prompt_format="lerobot"`` instead
+reproduces lerobot/hiors (HF tokenizer) for checkpoints trained that way: ``BOS + encode(prompt + "\\n")``, no
+cleaning (the newline is not added twice). Sequences are right-padded with id 0
 to ``max_len`` with a boolean mask. A prompt longer than ``max_len`` is an error unless truncation is asked
 for (openpi truncates with a warning, which silently cuts the task text or the state of a PI0.5 prompt).
 """
@@ -25,6 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 PAD_ID = 0
+PROMPT_FORMATS = ("openpi", "lerobot")
 NUM_STATE_BINS = 256
 # openpi: digitize(x, linspace(-1, 1, 257)[:-1]) - 1, so x < -1 gives -1 and x >= 1 - 2/256 gives 255.
 _STATE_BIN_EDGES = np.linspace(-1.0, 1.0, NUM_STATE_BINS + 1)[:-1]
@@ -60,8 +63,18 @@ def pi05_prompt_text(prompt: str, state: np.ndarray) -> str:
 class PaligemmaTokenizer:
     """Tokenize prompts for PI0 / PI0.5 from a local SentencePiece model file."""
 
-    def __init__(self, model_path: str | os.PathLike, max_len: int = 48, *, truncate: bool = False):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        max_len: int = 48,
+        *,
+        truncate: bool = False,
+        prompt_format: str = "openpi",
+    ):
         import sentencepiece
+
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
 
         path = pathlib.Path(model_path).expanduser()
         if not path.is_file():
@@ -81,6 +94,7 @@ class PaligemmaTokenizer:
         self.model_path = path
         self.max_len = max_len
         self.truncate = truncate
+        self.prompt_format = prompt_format
 
     @property
     def vocab_size(self) -> int:
@@ -99,6 +113,10 @@ class PaligemmaTokenizer:
     def token_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
         """Unpadded ids: PI0 format without ``state``, PI0.5 discrete-state format with it."""
         if state is None:
+            if self.prompt_format == "lerobot":
+                if not isinstance(prompt, str):
+                    raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+                return self.encode(prompt if prompt.endswith("\n") else prompt + "\n", add_bos=True)
             return self.encode(clean_prompt(prompt), add_bos=True) + self.encode("\n")
         return self.encode(pi05_prompt_text(prompt, state), add_bos=True)
 

@@ -120,6 +120,18 @@ def test_batch_helper(model_path):
         tok.tokenize_batch("one prompt")
 
 
+def test_lerobot_prompt_format(model_path, sp):
+    tok = PaligemmaTokenizer(model_path, max_len=32, prompt_format="lerobot")
+    tokens, mask = tok.tokenize("pick_up the red block")  # no cleaning: "_" stays
+    assert tokens[mask].tolist() == [2] + sp.encode("pick_up the red block\n")
+    already = tok.tokenize("pick up the red block\n")[0]
+    openpi = PaligemmaTokenizer(model_path, max_len=32).tokenize("pick up the red block")[0]
+    # "\n" is a user-defined piece, so one call and two calls agree on a clean prompt.
+    np.testing.assert_array_equal(already, openpi)
+    with pytest.raises(ValueError, match="prompt_format"):
+        PaligemmaTokenizer(model_path, prompt_format="hf")
+
+
 def test_constructor_errors(tmp_path, model_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         PaligemmaTokenizer(tmp_path / "missing.model")
