@@ -316,6 +316,9 @@ def make_observation_inputs(
         raise ValueError(f"state has non-finite values: {state!r}")
     if states.shape[-1] > action_dim:
         raise ValueError(f"state has {states.shape[-1]} dims, more than the model's action_dim={action_dim}")
+    if state_stats is not None and states.shape[-1] > state_stats.dim:
+        # normalize() would pass the extra dims through un-normalised; for a robot state that is a config error.
+        raise ValueError(f"state has {states.shape[-1]} dims but the state norm stats cover {state_stats.dim}")
     batch = states.shape[0]
     prompts = observation["prompt"]
     prompts = [prompts] if isinstance(prompts, str) else prompts

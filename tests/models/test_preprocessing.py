@@ -314,6 +314,10 @@ def test_observation_input_errors(stats, tokenizer_path):
     with pytest.raises(ValueError, match="40 dims, more than the model's action_dim=32"):
         make(obs, state_stats=None)
     obs = _observation(rng)
+    obs["state"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="5 dims but the state norm stats cover 3"):
+        make(obs)
+    obs = _observation(rng)
     obs["state"] = np.array([0.0, np.nan, 1.0], np.float32)
     with pytest.raises(ValueError, match="non-finite"):
         make(obs)
