@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hiors_jax.data.lerobot_stats import aggregate_stats
+
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
 # Columns lerobot adds to every dataset; all shape [1].
 DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
@@ -285,6 +287,9 @@ def load_meta(root: str | pathlib.Path) -> DatasetMeta:
         episodes = _episodes_v30(root, video_keys)
     stats_path = root / "meta" / "stats.json"
     stats = read_json(stats_path) if stats_path.is_file() else None
+    episodes_stats = root / "meta" / "episodes_stats.jsonl"
+    if stats is None and episodes_stats.is_file():  # v2.1: lerobot aggregates per-episode stats at load
+        stats = aggregate_stats([row["stats"] for row in read_jsonl(episodes_stats)])
     meta = DatasetMeta(
         root=root, info=info, episodes=episodes, tasks=load_tasks(root, info["codebase_version"]), stats=stats
     )

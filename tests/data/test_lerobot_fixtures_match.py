@@ -145,3 +145,17 @@ def test_subset_of_episodes(lerobot_fixtures, name):
             np.testing.assert_array_equal(item[key], expected[f"delta__{key}"][query_pos], err_msg=f"{row} {key}")
     with pytest.raises(ValueError, match=r"episodes \[7\] not in dataset"):
         LeRobotDataset(root, episodes=[0, 7])
+
+
+def test_v21_stats_are_aggregated_like_lerobot(lerobot_fixtures):
+    """v2.1 has only per-episode stats; aggregated they equal what lerobot 0.4.4 stored for the same data."""
+    v21, v30 = load_meta(lerobot_fixtures / "ds_v21").stats, load_meta(lerobot_fixtures / "ds_lerobot").stats
+    for key in ("observation.state", "action", "next.reward", "index"):
+        for name in ("min", "max", "mean", "std", "count"):
+            np.testing.assert_allclose(
+                np.asarray(v21[key][name], float),
+                np.asarray(v30[key][name], float),
+                rtol=1e-6,
+                atol=1e-6,
+                err_msg=f"{key} {name}",
+            )

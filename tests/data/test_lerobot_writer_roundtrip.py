@@ -212,3 +212,26 @@ def test_writer_refuses_bad_setup(tmp_path, tiny):
     with pytest.raises(ValueError, match="fps"):
         LeRobotDatasetWriter(tmp_path / "d", 15, tiny.features(), append=True)
     assert not list(tmp_path.glob(".d.*"))
+
+
+def test_chw_declared_camera_reads_back_hwc(tmp_path, tiny):
+    """lerobot's HIL-SERL recorder declares cameras as [C, H, W] with names; frames still come back HWC."""
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [2], "names": None},
+        "observation.images.front": {"dtype": "video", "shape": [3, 32, 48], "names": ["channels", "height", "width"]},
+    }
+    rng = np.random.default_rng(0)
+    frames = [tiny.frame(0, f, {"cam": {"dtype": "video"}}, rng)["cam"] for f in range(4)]
+    with LeRobotDatasetWriter(tmp_path / "ds", 10, features) as writer:
+        for image in frames:
+            state = np.zeros(2, np.float32)
+            writer.add_frame(
+                {"observation.state": state, "observation.images.front": np.moveaxis(image, -1, 0)}, task="t"
+            )
+        writer.save_episode()
+    dataset = LeRobotDataset(tmp_path / "ds")
+    assert dataset.features["observation.images.front"]["shape"] == [3, 32, 48]
+    assert dataset.output_spec()["observation.images.front"][0] == (32, 48, 3)
+    decoded = dataset.get_batch(np.arange(4))["observation.images.front"]
+    assert decoded.shape == (4, 32, 48, 3)
+    assert tiny.psnr(decoded, np.stack(frames)) >= 30
