@@ -134,6 +134,11 @@ def parse_observation(msg, spec: ObservationSpec) -> tuple[dict, dict]:
 def check_action_chunk(actions, horizon: int = ACTION_HORIZON, dim: int = STATE_DIM) -> np.ndarray:
     """Refuse anything but a finite numeric (horizon, dim) chunk; returns it as float32."""
     arr = np.asarray(actions)
+    if arr.dtype.kind == "V" and arr.dtype.names is None:
+        try:  # ml_dtypes floats (bfloat16 policy outputs) present themselves as void
+            arr = arr.astype(np.float32)
+        except (TypeError, ValueError):
+            pass
     if arr.dtype.kind not in "fiu":
         raise InvalidAction(f"action chunk must be numeric, got dtype {arr.dtype}")
     if arr.shape != (horizon, dim):

@@ -94,6 +94,15 @@ def test_action_checks():
         protocol.check_action_chunk(bad)
     with pytest.raises(protocol.InvalidAction, match="numeric"):
         protocol.check_action_chunk(np.array([["a"] * 14] * 50))
+    with pytest.raises(protocol.InvalidAction, match="numeric"):
+        protocol.check_action_chunk(np.zeros((50, 14), dtype=[("a", "<f4")]))
+
+
+def test_bfloat16_policy_output_is_accepted():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    chunk = np.full((50, 14), 0.5, dtype=ml_dtypes.bfloat16)
+    out = protocol.check_action_chunk(chunk)
+    assert out.dtype == np.float32 and np.all(out == 0.5)
 
 
 def test_clip_to_limits_counts_clipped_values():
