@@ -32,6 +32,13 @@ class HumanConfig:
     takeover: bool = True  # False: never intervene (labels only)
     drive_from_start: bool = False  # True: the expert drives the whole episode (success-rate evaluation)
 
+    def validate(self) -> None:
+        for field in ("stall_window_s", "stall_tolerance", "drift_m", "success_hold_s"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"HumanConfig.{field} must be positive, got {getattr(self, field)}")
+        if self.patience_s is not None and self.patience_s < 0:
+            raise ValueError(f"HumanConfig.patience_s must be >= 0 or None, got {self.patience_s}")
+
 
 DEFAULT_PATIENCE = {"easy": 4.0, "transfer": 8.0}
 
@@ -40,6 +47,7 @@ class ScriptedHuman:
     def __init__(self, sim: SimXTrainer, config: HumanConfig | None = None):
         self.sim = sim
         self.config = config or HumanConfig()
+        self.config.validate()
         self.reset()
 
     def reset(self) -> None:

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -144,10 +143,9 @@ def test_in_process_sim_robot_transfer_episode():
     config = SimServeConfig(task="transfer", uri=f"ws://127.0.0.1:{env.port}", image_size=SIZE)
     robot = start_in_thread(config)
     try:
-        start = time.monotonic()
         transitions, reward, terminated, info = run_episode(env, hold_policy, seed=4)
         check_episode(transitions, reward, terminated, info)
-        assert time.monotonic() - start < 120
+        assert transitions[-1][0]["prompt"] == "transfer the red cube to the left hand"
     finally:
         robot.stop()
         env.close()

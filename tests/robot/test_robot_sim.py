@@ -134,3 +134,10 @@ def test_sim_robot_io_switches_flag_and_ignores_the_policy_during_teleop():
         io.tick()
     assert io.episode_label()[0] == "success"
     io.close()
+
+
+def test_invalid_human_config_names_the_field(easy):
+    with pytest.raises(ValueError, match="HumanConfig.stall_window_s"):
+        ScriptedHuman(easy, HumanConfig(stall_window_s=0))
+    with pytest.raises(ValueError, match="unknown sim task"):
+        SimXTrainer("insertion", render=False)
