@@ -5,8 +5,12 @@ Crash safety: everything is written into a hidden staging directory next to `roo
 files into the staging directory (no copy), adds new data/video/episode files with new file indices, rewrites
 only the small meta files (new inodes, never in place) and swaps the directories at the end.
 
-Video frames are encoded while they are added (one temporary mp4 per camera and episode) and appended to the
-camera's current file by remuxing at `save_episode`, so memory stays bounded for long recordings.
+Saved episodes are durable: `save_episode` closes the episode's own parquet and mp4 files and appends a line
+(fsync'ed) to a journal in the staging directory; `finalize` assembles the rolled data/video files from them.
+After a crash, `LeRobotDatasetWriter.recover(root)` finalizes every episode that had been saved.
+
+Video frames are encoded while they are added (one mp4 per camera and episode), so memory stays bounded for
+long recordings; `finalize` appends them to the camera files by remuxing (no re-encode), like lerobot.
 """
 
 from __future__ import annotations
@@ -135,22 +139,56 @@ class LeRobotDatasetWriter:
             raise ValueError(f"vcodec {vcodec!r} not supported; choose one of {sorted(VIDEO_CODECS)}")
         if int(fps) != fps or fps <= 0:
             raise ValueError(f"fps must be a positive integer, got {fps!r}")
-        self.root = pathlib.Path(root)
-        self.fps = int(fps)
-        self.features = _normalise_features(features, use_videos)
-        self.vcodec, self.crf, self.gop = vcodec, crf, gop
-        self._size_limits_mb = (data_files_size_in_mb, video_files_size_in_mb)
-        self.data_limit = data_files_size_in_mb * 1024 * 1024
-        self.video_limit = video_files_size_in_mb * 1024 * 1024
-        self._image_stats_frames = image_stats_frames
-        self.robot_type = robot_type
-        self._staging = self.root.parent / f".{self.root.name}.writing"
-        self._finalized = False
+        config = {
+            "root": str(root),
+            "fps": int(fps),
+            "features": _normalise_features(features, use_videos),
+            "robot_type": robot_type,
+            "vcodec": vcodec,
+            "crf": crf,
+            "gop": gop,
+            "size_limits_mb": [data_files_size_in_mb, video_files_size_in_mb],
+            "image_stats_frames": image_stats_frames,
+        }
+        self._configure(config)
         if self._staging.exists():
             raise FileExistsError(
-                f"{self._staging} exists: another writer is active or one crashed; inspect it (saved episodes of a "
-                "crashed writer are in its files) and remove it before writing again"
+                f"{self._staging} exists: another writer is active, or one crashed (then "
+                f"LeRobotDatasetWriter.recover({str(self.root)!r}) finalizes its saved episodes)"
             )
+        if append:
+            self._open_for_append()
+        else:
+            if self.root.exists():
+                raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
+            self._staging.mkdir(parents=True)
+            self._base = {
+                "tasks": [],
+                "total_episodes": 0,
+                "total_frames": 0,
+                "data_pos": [0, 0],
+                "video_pos": {k: [0, 0] for k in self._video_keys},
+                "episodes_pos": [0, 0],
+                "prior_stats": None,
+                "video_info": {},
+            }
+        self._start_journal()
+
+    def _configure(self, config: dict[str, Any]) -> None:
+        """Everything derived from the writer's settings (shared by __init__ and recover)."""
+        self._config = config
+        self.root = pathlib.Path(config["root"])
+        self.fps = config["fps"]
+        self.features = config["features"]
+        self.robot_type = config["robot_type"]
+        self.vcodec, self.crf, self.gop = config["vcodec"], config["crf"], config["gop"]
+        self._size_limits_mb = tuple(config["size_limits_mb"])
+        self.data_limit = self._size_limits_mb[0] * 1024 * 1024
+        self.video_limit = self._size_limits_mb[1] * 1024 * 1024
+        self._image_stats_frames = config["image_stats_frames"]
+        self._staging = self.root.parent / f".{self.root.name}.writing"
+        self._journal_dir = self._staging / ".journal"
+        self._finalized = False
         self._all_features = {**self.features, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
         self._video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
         self._image_keys = [k for k, f in self.features.items() if f["dtype"] == "image"]
@@ -163,26 +201,51 @@ class LeRobotDatasetWriter:
                 )
             },
         )
-        self._episodes: list[dict[str, Any]] = []  # rows for the new episodes parquet
-        self._episode_stats: list[dict[str, Any]] = []
-        self._video_info: dict[str, dict[str, Any]] = {}
-        self._prior_stats: dict[str, Any] | None = None
-        if append:
-            self._open_for_append()
-        else:
-            if self.root.exists():
-                raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
-            self._staging.mkdir(parents=True)
-            self.tasks: dict[str, int] = {}
-            self.total_episodes = self.total_frames = 0
-            self._data_pos = (0, 0)
-            self._video_pos = {k: (0, 0) for k in self._video_keys}
-            self._episodes_pos = (0, 0)
-        (self._staging / ".tmp").mkdir(exist_ok=True)
+        self._journal: list[dict[str, Any]] = []
         self._data_writer: pq.ParquetWriter | None = None
         self._data_sink: Any = None
         self._video_writers: dict[str, ConcatVideoWriter] = {}
         self._reset_buffer()
+
+    def _start_journal(self) -> None:
+        """Record the settings and the starting state, so a crashed writer can be finalized later."""
+        self.tasks = {t: i for i, t in enumerate(self._base["tasks"])}
+        self.total_episodes = self._base["total_episodes"]
+        self.total_frames = self._base["total_frames"]
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        (self._staging / ".tmp").mkdir(exist_ok=True)
+        _atomic_json({"config": self._config, "base": self._base}, self._journal_dir / "writer.json")
+
+    @classmethod
+    def recover(cls, root: str | pathlib.Path) -> pathlib.Path:
+        """Finalize the saved episodes of a writer that crashed before `finalize` (its staging dir is kept)."""
+        root = pathlib.Path(root)
+        journal_dir = root.parent / f".{root.name}.writing" / ".journal"
+        state_path = journal_dir / "writer.json"
+        if not state_path.is_file():
+            raise FileNotFoundError(f"{state_path}: no interrupted writer to recover for {root}")
+        state = json.loads(state_path.read_text())
+        writer = cls.__new__(cls)
+        writer._configure(state["config"])
+        writer._base = state["base"]
+        writer._start_journal()
+        journal = journal_dir / "journal.jsonl"
+        lines = journal.read_text().splitlines() if journal.is_file() else []
+        for number, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines) - 1:
+                    break  # the crash interrupted this last line: that episode was not saved
+                raise LeRobotFormatError(f"{journal}:{number + 1}: corrupt journal line") from None
+            writer._journal.append(entry)
+            writer.tasks = {t: i for i, t in enumerate(entry["task_table"])}
+            writer.total_episodes += 1
+            writer.total_frames += entry["length"]
+        if not writer._journal:
+            writer.abort()
+            raise ValueError(f"{root}: the interrupted writer had saved no episode; nothing to recover")
+        return writer.finalize()
 
     # ---------------------------------------------------------------- append
     def _open_for_append(self) -> None:
@@ -205,10 +268,8 @@ class LeRobotDatasetWriter:
             raise ValueError(f"{self.root}: features differ from the existing dataset: {mismatch}")
         self.features = {k: {**self.features[k], "names": existing[k].get("names")} for k in existing}
         self.robot_type = self.robot_type or meta.robot_type
-        self._video_info = {k: existing[k]["info"] for k in self._video_keys if "info" in existing[k]}
-        self.tasks = {t: i for i, t in enumerate(meta.tasks)}
-        self.total_episodes, self.total_frames = len(meta.episodes), meta.total_frames
-        self._prior_stats = meta.stats
+        self._config.update(features=self.features, robot_type=self.robot_type)
+        self._configure(self._config)
         self._staging.mkdir(parents=True)
         for path in self.root.rglob("*"):  # hard links: the existing files are shared, never modified
             target = self._staging / path.relative_to(self.root)
@@ -216,18 +277,28 @@ class LeRobotDatasetWriter:
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.link(path, target)
+                try:
+                    os.link(path, target)
+                except OSError:  # filesystem without hard links
+                    shutil.copy2(path, target)
         # New files always start after the highest existing file index, so existing files stay untouched.
-        self._data_pos = _next_file(*max(meta.episodes.data_file))
-        self._video_pos = {
+        video_pos = {
             k: _next_file(
                 *max(zip(meta.episodes.video_chunk[k].tolist(), meta.episodes.video_file[k].tolist(), strict=True))
             )
             for k in self._video_keys
         }
-        episode_files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-        last = episode_files[-1]
-        self._episodes_pos = _next_file(int(last.parent.name.split("-")[1]), int(last.stem.split("-")[1]))
+        last = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))[-1]
+        self._base = {
+            "tasks": list(meta.tasks),
+            "total_episodes": len(meta.episodes),
+            "total_frames": meta.total_frames,
+            "data_pos": list(_next_file(*max(meta.episodes.data_file))),
+            "video_pos": {k: list(v) for k, v in video_pos.items()},
+            "episodes_pos": list(_next_file(int(last.parent.name.split("-")[1]), int(last.stem.split("-")[1]))),
+            "prior_stats": meta.stats,
+            "video_info": {k: existing[k]["info"] for k in self._video_keys if "info" in existing[k]},
+        }
 
     # ---------------------------------------------------------------- frames
     def _reset_buffer(self) -> None:
@@ -271,7 +342,7 @@ class LeRobotDatasetWriter:
         self._buffer["frame_index"].append(frame_index)
         self._buffer["episode_index"].append(self.total_episodes)
         self._buffer["index"].append(self.total_frames + frame_index)
-        self._buffer["task_index"].append(self.tasks.setdefault(task, len(self.tasks)))
+        self._buffer["task_index"].append(task)  # strings until save_episode gives them indices
         if task not in self._episode_tasks:
             self._episode_tasks.append(task)
 
@@ -322,6 +393,7 @@ class LeRobotDatasetWriter:
         length = self.episode_buffer_size
         if length == 0:
             raise ValueError("save_episode: no frames were added to this episode")
+        self._buffer["task_index"] = [self.tasks.setdefault(t, len(self.tasks)) for t in self._buffer["task_index"]]
         table = pa.Table.from_arrays([self._column(k) for k in self._tabular_keys], schema=self._schema)
         videos = {}
         for key in self._video_keys:
@@ -344,7 +416,8 @@ class LeRobotDatasetWriter:
         """Store an episode whose rows and per-camera mp4s already exist (used by save_episode and convert).
 
         `table` holds the parquet rows (its `index`/`episode_index` columns are rewritten to continue this
-        dataset); each mp4 is appended to its camera file by remuxing.
+        dataset). With `remove_videos` the mp4s are moved into the writer's journal, else they are read from
+        where they are at `finalize`.
         """
         self._check_open()
         length = table.num_rows
@@ -352,21 +425,33 @@ class LeRobotDatasetWriter:
         missing = [k for k in self._video_keys if k not in videos]
         if missing:
             raise ValueError(f"episode {episode_index}: no video given for {missing}")
+        for task in tasks:
+            self.tasks.setdefault(task, len(self.tasks))
         table = self._renumber(table.select(self._tabular_keys).cast(self._schema), episode_index)
-        record: dict[str, Any] = {"episode_index": episode_index, "tasks": list(tasks), "length": length}
-        record.update(self._write_data(table))
-        record["dataset_from_index"] = self.total_frames
-        record["dataset_to_index"] = self.total_frames + length
+        data_name = f"{episode_index:06d}.parquet"
+        _atomic_parquet(table, self._journal_dir / data_name)
+        video_refs = {}
         for key in self._video_keys:
-            record.update(self._append_video(key, pathlib.Path(videos[key]), length))
             if remove_videos:
-                pathlib.Path(videos[key]).unlink()
-        for feature, values in stats.items():
-            for name, value in values.items():
-                record[f"stats/{feature}/{name}"] = value
-        record["meta/episodes/chunk_index"], record["meta/episodes/file_index"] = self._episodes_pos
-        self._episodes.append(record)
-        self._episode_stats.append(dict(stats))
+                name = f"{episode_index:06d}.{key}.mp4"
+                os.replace(videos[key], self._journal_dir / name)
+                video_refs[key] = name
+            else:
+                video_refs[key] = str(pathlib.Path(videos[key]).resolve())
+        entry = {
+            "episode_index": episode_index,
+            "length": length,
+            "tasks": list(tasks),
+            "task_table": list(self.tasks),
+            "data": data_name,
+            "videos": video_refs,
+            "stats": stats,
+        }
+        with open(self._journal_dir / "journal.jsonl", "a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._journal.append(entry)
         self.total_episodes += 1
         self.total_frames += length
         return episode_index
@@ -449,36 +534,68 @@ class LeRobotDatasetWriter:
 
     # ---------------------------------------------------------------- finalize
     def finalize(self) -> pathlib.Path:
-        """Close all files, write the metadata and move the dataset to `root`. Returns `root`."""
+        """Assemble the saved episodes into the dataset files, write the metadata and move it to `root`."""
         self._check_open()
         if self.episode_buffer_size:
             warnings.warn(
                 f"finalize: dropping {self.episode_buffer_size} frames of an episode that was not saved", stacklevel=2
             )
             self.clear_episode_buffer()
-        self._close_data()
-        for writer in self._video_writers.values():
-            writer.close()
-        if self.total_episodes == 0:
-            shutil.rmtree(self._staging)
-            self._finalized = True
+        if not self._journal:
+            appending = self.root.exists()
+            self.abort()
+            if appending:
+                return self.root  # nothing new: the existing dataset stays as it was
             raise ValueError("finalize: no episode was saved; nothing was written")
+        records = self._assemble()
+        self._write_meta(records)
         shutil.rmtree(self._staging / ".tmp", ignore_errors=True)
-        self._write_meta()
+        shutil.rmtree(self._journal_dir)
         self._promote()
         self._finalized = True
         return self.root
 
-    def _write_meta(self) -> None:
+    def _assemble(self) -> list[dict[str, Any]]:
+        """Write the journaled episodes into rolled data and video files; returns the episodes-parquet rows."""
+        self._data_pos = tuple(self._base["data_pos"])
+        self._video_pos = {k: tuple(v) for k, v in self._base["video_pos"].items()}
+        self._video_info = dict(self._base["video_info"])
+        records = []
+        start_frame = self._base["total_frames"]
+        for entry in self._journal:
+            table = pq.read_table(self._journal_dir / entry["data"]).cast(self._schema)
+            length = entry["length"]
+            record: dict[str, Any] = {
+                "episode_index": entry["episode_index"],
+                "tasks": entry["tasks"],
+                "length": length,
+            }
+            record.update(self._write_data(table))
+            record["dataset_from_index"] = start_frame
+            record["dataset_to_index"] = start_frame + length
+            start_frame += length
+            for key in self._video_keys:
+                record.update(self._append_video(key, self._journal_dir / entry["videos"][key], length))
+            for feature, values in entry["stats"].items():
+                for name, value in values.items():
+                    record[f"stats/{feature}/{name}"] = value
+            record["meta/episodes/chunk_index"], record["meta/episodes/file_index"] = self._base["episodes_pos"]
+            records.append(record)
+        self._close_data()
+        for writer in self._video_writers.values():
+            writer.close()
+        return records
+
+    def _write_meta(self, records: list[dict[str, Any]]) -> None:
         meta = self._staging / "meta"
-        if self._episodes:
-            chunk, file = self._episodes_pos
-            path = self._staging / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_parquet(pa.Table.from_pylist(self._episodes), path)
+        chunk, file = self._base["episodes_pos"]
+        path = self._staging / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_parquet(pa.Table.from_pylist(records), path)
         tasks = sorted(self.tasks.items(), key=lambda kv: kv[1])
         _atomic_parquet(_tasks_table([t for t, _ in tasks]), meta / "tasks.parquet")
-        parts = ([self._prior_stats] if self._prior_stats else []) + self._episode_stats
+        prior = self._base["prior_stats"]
+        parts = ([prior] if prior else []) + [entry["stats"] for entry in self._journal]
         _atomic_json(aggregate_stats(parts), meta / "stats.json")
         _atomic_json(self._info(), meta / "info.json")
 
@@ -538,7 +655,7 @@ class LeRobotDatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         # Saved episodes were accepted: keep them even when the recording loop failed.
         if not self._finalized:
-            if self.total_episodes or self._episodes:
+            if self._journal:
                 self.finalize()
             else:
                 self.abort()

@@ -134,7 +134,7 @@ def test_unfinished_writer_leaves_no_dataset(tmp_path, tiny):
     writer.add_frame(tiny.frame(0, 0, features, np.random.default_rng(0)), task="t")
     writer.save_episode()
     assert not (tmp_path / "ds").exists()  # only the staging directory exists until finalize
-    with pytest.raises(FileExistsError, match="another writer is active or one crashed"):
+    with pytest.raises(FileExistsError, match="another writer is active, or one crashed"):
         LeRobotDatasetWriter(tmp_path / "ds", 30, features)
     writer.abort()
     assert not (tmp_path / "ds").exists() and not list(tmp_path.iterdir())
@@ -235,3 +235,40 @@ def test_chw_declared_camera_reads_back_hwc(tmp_path, tiny):
     decoded = dataset.get_batch(np.arange(4))["observation.images.front"]
     assert decoded.shape == (4, 32, 48, 3)
     assert tiny.psnr(decoded, np.stack(frames)) >= 30
+
+
+def test_recover_after_crash_keeps_saved_episodes(tmp_path, tiny):
+    features = tiny.features()
+    rng = np.random.default_rng(0)
+    writer = LeRobotDatasetWriter(tmp_path / "ds", 30, features)
+    frames = []
+    for episode, length in enumerate((3, 4)):
+        for f in range(length):
+            frames.append(tiny.frame(episode, f, features, rng))
+            writer.add_frame(frames[-1], task=f"task {episode}")
+        writer.save_episode()
+    writer.add_frame(tiny.frame(2, 0, features, rng), task="never saved")  # in progress when the process dies
+    journal = tmp_path / ".ds.writing" / ".journal" / "journal.jsonl"
+    with open(journal, "a") as f:
+        f.write('{"episode_index": 2, "len')  # a crash in the middle of writing the next journal line
+    del writer  # no finalize: the process "crashed"
+    assert not (tmp_path / "ds").exists()
+
+    LeRobotDatasetWriter.recover(tmp_path / "ds")
+    dataset = LeRobotDataset(tmp_path / "ds")
+    batch = dataset.get_batch(np.arange(len(dataset)))
+    assert len(dataset) == 7 and dataset.meta.tasks == ["task 0", "task 1"]
+    np.testing.assert_array_equal(batch["action"], np.stack([f["action"] for f in frames]))
+    assert tiny.psnr(batch["observation.images.top"], np.stack([f["observation.images.top"] for f in frames])) >= 30
+    assert not (tmp_path / ".ds.writing").exists()
+    with pytest.raises(FileNotFoundError, match="no interrupted writer"):
+        LeRobotDatasetWriter.recover(tmp_path / "ds")
+
+
+def test_append_with_no_new_episode_leaves_dataset_unchanged(tmp_path, tiny):
+    tiny.write(tmp_path / "ds", lengths=(2,), tasks=("t",))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "ds").rglob("*")}
+    writer = LeRobotDatasetWriter(tmp_path / "ds", 30, tiny.features(), append=True)
+    assert writer.finalize() == tmp_path / "ds"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ds").rglob("*")} == before
+    assert not list(tmp_path.glob(".ds.*"))
