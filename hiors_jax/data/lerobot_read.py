@@ -107,7 +107,13 @@ class _Columns:
             if feature["dtype"] == "image":
                 self.images[key] = pc.struct_field(column.combine_chunks(), "bytes")
             else:
-                self.tabular[key] = _to_numpy(column, feature, key)
+                try:
+                    self.tabular[key] = _to_numpy(column, feature)
+                except (ValueError, TypeError, pa.ArrowException) as err:
+                    files = ", ".join(str(p) for p in paths)
+                    raise LeRobotFormatError(
+                        f"{files}: column {key!r} does not hold {feature['dtype']}{list(feature['shape'])} ({err})"
+                    ) from err
         self.num_rows = table.num_rows
 
     def where(self, row: int) -> str:
@@ -119,10 +125,14 @@ class _Columns:
         return f"row {row}"
 
 
-def _to_numpy(column: pa.ChunkedArray, feature: Mapping[str, Any], key: str) -> np.ndarray:
-    dtype = np.dtype(feature["dtype"]) if feature["dtype"] not in ("string",) else object
+def _to_numpy(column: pa.ChunkedArray, feature: Mapping[str, Any]) -> np.ndarray:
+    if feature["dtype"] == "string":
+        return np.array(column.to_pylist(), dtype=object)
+    dtype = np.dtype(feature["dtype"])
     shape = tuple(int(s) for s in feature["shape"])
     array = column.combine_chunks()
+    if array.null_count:
+        raise ValueError(f"{array.null_count} null values")
     while pa.types.is_fixed_size_list(array.type) or pa.types.is_list(array.type):
         array = array.flatten()
     values = array.to_numpy(zero_copy_only=False)

@@ -157,3 +157,12 @@ def test_bad_delta_timestamps_and_indices(lerobot_fixtures):
     with pytest.raises(IndexError, match="out of range"):
         dataset.get_batch(np.array([0, 150]))
     assert dataset[-1]["index"] == 149
+
+
+def test_column_with_wrong_vector_length(copy_of):
+    root = copy_of()
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["action"]["shape"] = [7]
+    (root / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(LeRobotFormatError, match=r"file-000\.parquet: column 'action' does not hold float32\[7\]"):
+        LeRobotDataset(root)
