@@ -75,19 +75,17 @@ class FrameCache:
         (directory / "manifest.json").unlink(missing_ok=True)  # invalid until fully rebuilt
         # Same rows, no delta windows, no cache.
         plain = LeRobotDataset(dataset.root, tolerance_s=dataset.tolerance_s, episodes=dataset.episodes)
-        shapes = {}
+        shapes, arrays = {}, {}
         for key in plain.meta.camera_keys:
-            hwc = image_hwc_shape(plain.features[key])
-            shape = (len(plain), *hwc)
-            tmp = directory / f"{key}.u8.tmp"
-            array = np.memmap(tmp, np.uint8, "w+", shape=shape)
-            for pos in plain.episode_positions.tolist():
-                start, stop = plain.episode_bounds(pos)
-                plain.camera_frames(key, np.arange(start, stop), out=array[start:stop])
+            shapes[key] = [len(plain), *image_hwc_shape(plain.features[key])]
+            arrays[key] = np.memmap(directory / f"{key}.u8.tmp", np.uint8, "w+", shape=tuple(shapes[key]))
+        for pos in plain.episode_positions.tolist():  # episode by episode: each mp4 decodes forward in one run
+            start, stop = plain.episode_bounds(pos)
+            plain.decode_cameras(np.arange(start, stop), {k: a[start:stop] for k, a in arrays.items()})
+        for key, array in arrays.items():
             array.flush()
-            del array
-            os.replace(tmp, cls._file(directory, key))
-            shapes[key] = list(shape)
+            os.replace(directory / f"{key}.u8.tmp", cls._file(directory, key))
+        del arrays
         plain.close()
         manifest = {"fingerprint": _fingerprint(dataset), "shapes": shapes}
         tmp = directory / "manifest.json.tmp"

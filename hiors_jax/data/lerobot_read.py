@@ -327,15 +327,22 @@ class LeRobotDataset:
 
     def camera_frames(self, key: str, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """uint8 (len(rows), H, W, 3) frames of one image/video feature at `rows` (no delta window)."""
-        feature = self.features[key]
-        hwc = image_hwc_shape(feature)
+        if out is None:
+            out = np.empty((len(rows), *image_hwc_shape(self.features[key])), np.uint8)
+        self.decode_cameras(rows, {key: out})
+        return out
+
+    def decode_cameras(self, rows: Sequence[int], outs: Mapping[str, np.ndarray]) -> None:
+        """Decode frames of several cameras at `rows` into `outs[key]` (N, H, W, 3); mp4s decode in parallel."""
         q = np.asarray(rows, dtype=np.int64)
-        if feature["dtype"] == "image":
-            return self._image_frames(key, q, hwc, out)
         jobs: list[tuple] = []
-        frames = self._video_frames(key, q, hwc, out, jobs)
+        for key, out in outs.items():
+            hwc = image_hwc_shape(self.features[key])
+            if self.features[key]["dtype"] == "image":
+                self._image_frames(key, q, hwc, out)
+            else:
+                self._video_frames(key, q, hwc, out, jobs)
         self._run_decode_jobs(jobs)
-        return frames
 
     def _run_decode_jobs(self, jobs: list[tuple]) -> None:
         def run(job: tuple) -> None:

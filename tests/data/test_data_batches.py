@@ -137,3 +137,16 @@ def test_frame_cache_for_several_datasets(lerobot_fixtures, tmp_path):
         expected = np.load(root / "expected.npz")
         for key in ("observation.images.cam_high", "observation.images.cam_left_wrist"):
             np.testing.assert_array_equal(batch[key][position], expected[key][row])
+
+
+@pytest.mark.integration
+def test_workers_over_several_datasets(lerobot_fixtures):
+    roots = [lerobot_fixtures / "ds_np", lerobot_fixtures / "ds_v21"]
+    multi = MultiLeRobotDataset(roots, delta_timestamps={"action": [0, 1 / 30]})
+    index_batches = [[0, 149, 150, 299], [40, 41, 190, 191]]
+    with BatchLoader(multi, 4, num_workers=2, index_batches=index_batches, timeout_s=60) as loader:
+        for indices, batch in zip(index_batches, loader, strict=True):
+            expected = multi.get_batch(indices)
+            assert batch["task"] == expected["task"]
+            for key in ("observation.images.cam_high", "action", "action_is_pad", "dataset_index", "index"):
+                np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
