@@ -393,8 +393,9 @@ class LeRobotDatasetWriter:
         length = self.episode_buffer_size
         if length == 0:
             raise ValueError("save_episode: no frames were added to this episode")
-        self._buffer["task_index"] = [self.tasks.setdefault(t, len(self.tasks)) for t in self._buffer["task_index"]]
-        table = pa.Table.from_arrays([self._column(k) for k in self._tabular_keys], schema=self._schema)
+        task_index = [self.tasks.setdefault(t, len(self.tasks)) for t in self._buffer["task_index"]]
+        columns = [self._column(k, task_index if k == "task_index" else self._buffer[k]) for k in self._tabular_keys]
+        table = pa.Table.from_arrays(columns, schema=self._schema)
         videos = {}
         for key in self._video_keys:
             encoder = self._encoders.pop(key)
@@ -466,9 +467,8 @@ class LeRobotDatasetWriter:
             table = table.set_column(table.schema.get_field_index(name), self._schema.field(name), column)
         return table.replace_schema_metadata(self._schema.metadata)
 
-    def _column(self, key: str) -> pa.Array:
+    def _column(self, key: str, values: list) -> pa.Array:
         arrow_type = self._schema.field(key).type
-        values = self._buffer[key]
         if pa.types.is_fixed_size_list(arrow_type):
             flat = np.stack(values).astype(arrow_type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
             return pa.FixedSizeListArray.from_arrays(pa.array(flat), arrow_type.list_size)
