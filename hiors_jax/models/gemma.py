@@ -191,8 +191,9 @@ def init_gemma(configs: Sequence[GemmaConfig], vocab_size: int, key: jax.Array, 
     layers = {"attn": {}}
     params = {
         "embedder": {
-            "input_embedding": (jax.random.normal(next(keys), (vocab_size, configs[0].width)) / jnp.sqrt(configs[0].width))
-            .astype(dtype)
+            "input_embedding": (
+                jax.random.normal(next(keys), (vocab_size, configs[0].width)) / jnp.sqrt(configs[0].width)
+            ).astype(dtype)
         },
         "layers": layers,
     }
@@ -200,7 +201,12 @@ def init_gemma(configs: Sequence[GemmaConfig], vocab_size: int, key: jax.Array, 
     def norm(i, width, stacked):
         lead = (depth,) if stacked else ()
         if i in adaptive:  # openpi zero-initialises adaRMS so a fresh model starts as a plain RMSNorm.
-            return {"Dense_0": {"kernel": jnp.zeros((*lead, width, 3 * width), dtype), "bias": jnp.zeros((*lead, 3 * width), dtype)}}
+            return {
+                "Dense_0": {
+                    "kernel": jnp.zeros((*lead, width, 3 * width), dtype),
+                    "bias": jnp.zeros((*lead, 3 * width), dtype),
+                }
+            }
         return {"scale": jnp.zeros((*lead, width), dtype)}
 
     for i, cfg in enumerate(configs):

@@ -74,7 +74,9 @@ def prepare_observation(config: Pi0Config, obs: Observation) -> Observation:
         )
     unknown_masks = sorted(set(obs.image_masks) - set(config.image_keys))
     if unknown_masks:
-        raise ValueError(f"image_masks has unknown camera(s) {unknown_masks}; this model takes {list(config.image_keys)}")
+        raise ValueError(
+            f"image_masks has unknown camera(s) {unknown_masks}; this model takes {list(config.image_keys)}"
+        )
     if jnp.ndim(obs.state) != 2:
         raise ValueError(f"state must be (batch, dim), got shape {jnp.shape(obs.state)}")
     batch, state_dim = jnp.shape(obs.state)
@@ -365,13 +367,18 @@ def init_params(config: Pi0Config, key: jax.Array, dtype=jnp.float32) -> dict:
     k_img, k_llm, k_proj = jax.random.split(key, 3)
     pg = {
         "img": siglip.init_siglip(config.vision, config.vlm.width, k_img, dtype),
-        "llm": gemma.init_gemma(_experts(config), config.vocab_size, k_llm, adaptive=(1,) if config.pi05 else (), dtype=dtype),
+        "llm": gemma.init_gemma(
+            _experts(config), config.vocab_size, k_llm, adaptive=(1,) if config.pi05 else (), dtype=dtype
+        ),
     }
     w, a = config.expert.width, config.action_dim
     keys = iter(jax.random.split(k_proj, 8))
 
     def linear(n_in, n_out):
-        return {"kernel": lecun_normal(next(keys), (n_in, n_out), fan_in=n_in, dtype=dtype), "bias": jnp.zeros((n_out,), dtype)}
+        return {
+            "kernel": lecun_normal(next(keys), (n_in, n_out), fan_in=n_in, dtype=dtype),
+            "bias": jnp.zeros((n_out,), dtype),
+        }
 
     params = {"PaliGemma": pg, "action_in_proj": linear(a, w), "action_out_proj": linear(w, a)}
     if config.pi05:
@@ -448,7 +455,9 @@ def infer_config(params: dict, **overrides) -> Pi0Config:
     problems = [f"missing {p}" for p in sorted(set(expected) - set(flat))]
     problems += [f"unexpected {p}" for p in sorted(set(flat) - set(expected))]
     problems += [
-        f"{p} has shape {flat[p]}, expected {expected[p]}" for p in sorted(set(flat) & set(expected)) if flat[p] != expected[p]
+        f"{p} has shape {flat[p]}, expected {expected[p]}"
+        for p in sorted(set(flat) & set(expected))
+        if flat[p] != expected[p]
     ]
     if problems:
         kind = "PI0.5" if config.pi05 else "PI0"

@@ -31,8 +31,10 @@ def _dense(x, p, dtype):
 
 def _attention(x, p, dtype):
     x = x.astype(dtype)
-    q, k, v = (jnp.einsum("btd,dnh->btnh", x, p[n]["kernel"].astype(dtype)) + p[n]["bias"].astype(dtype)
-               for n in ("query", "key", "value"))
+    q, k, v = (
+        jnp.einsum("btd,dnh->btnh", x, p[n]["kernel"].astype(dtype)) + p[n]["bias"].astype(dtype)
+        for n in ("query", "key", "value")
+    )
     head_dim = q.shape[-1]
     q = q / jnp.sqrt(head_dim).astype(dtype)
     logits = jnp.einsum("bqnh,bknh->bnqk", q, k)
@@ -104,9 +106,15 @@ def init_siglip(cfg: SiglipConfig, out_width: int, key: jax.Array, dtype=jnp.flo
     }
     p = cfg.patch_size
     return {
-        "embedding": {"kernel": lecun_normal(next(keys), (p, p, 3, d), fan_in=p * p * 3, dtype=dtype), "bias": zeros((d,))},
+        "embedding": {
+            "kernel": lecun_normal(next(keys), (p, p, 3, d), fan_in=p * p * 3, dtype=dtype),
+            "bias": zeros((d,)),
+        },
         "pos_embedding": (jax.random.normal(next(keys), (1, cfg.num_tokens, d)) / jnp.sqrt(d)).astype(dtype),
         "Transformer": {"encoderblock": block, "encoder_norm": {"scale": ones((d,)), "bias": zeros((d,))}},
         # openpi zero-initialises the projector; a small random init keeps fresh models image-sensitive.
-        "head": {"kernel": lecun_normal(next(keys), (d, out_width), fan_in=d, dtype=dtype), "bias": zeros((out_width,))},
+        "head": {
+            "kernel": lecun_normal(next(keys), (d, out_width), fan_in=d, dtype=dtype),
+            "bias": zeros((out_width,)),
+        },
     }

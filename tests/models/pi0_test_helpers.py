@@ -1,5 +1,7 @@
 """Small builders shared by the PI0 model tests."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,11 @@ from hiors_jax.models import pi0
 
 def random_params(config, seed=0):
     """Fresh params with every constant leaf (zero biases, norm scales, adaRMS) made random so no path hides."""
+    return _random_params(config, seed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _random_params(config, seed):
     params = pi0.init_params(config, jax.random.key(seed))
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
