@@ -177,6 +177,10 @@ class BatchLoader:
     and uses a pre-decoded uint8 frame cache. With `reuse_buffers=True` the returned arrays live in buffers
     that the next `next()` call overwrites (no copy and no fresh pages per batch: use it when each batch is
     consumed, e.g. put on device, before asking for the next one).
+
+    Workers are started with the "spawn" method (safe next to JAX threads and open decoders), so a script that
+    creates a loader with workers needs the usual `if __name__ == "__main__":` guard. Call `close()` (or use
+    `with`) to stop the workers and free the shared memory.
     """
 
     def __init__(
