@@ -31,79 +31,107 @@ VIPERX_HIGH = (3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158, 1.0) * 2
 START = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.1) * 2
 
 
-def baseline(size: tuple[int, int], control_steps: int, seconds: float) -> float:
-    sim = SimXTrainer("easy", size)
-    sim.reset(0)
-    sim.render()  # renderer warm-up
-    target = sim.command14()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        sim.render()
-        for _ in range(control_steps):
-            sim.step(target)
-        n += 1
-        if sim.time > 10.0:
-            sim.reset(n)
-    sim.close()
-    return n / (time.perf_counter() - start)
+class SimOnly:
+    """Baseline: the same simulated work per query (render 3 cameras + the control steps), in this process."""
+
+    def __init__(self, size: tuple[int, int], control_steps: int):
+        self.sim = SimXTrainer("easy", size)
+        self.sim.reset(0)
+        self.sim.render()  # renderer warm-up
+        self.control_steps = control_steps
+        self.episodes = 0
+
+    def measure(self, seconds: float) -> float:
+        target = self.sim.command14()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.sim.render()
+            for _ in range(self.control_steps):
+                self.sim.step(target)
+            n += 1
+            if self.sim.time > 10.0:
+                self.episodes += 1
+                self.sim.reset(self.episodes)
+                target = self.sim.command14()
+        return n / (time.perf_counter() - start)
 
 
-def through_the_bridge(size: tuple[int, int], teleop: bool, seconds: float) -> tuple[float, float]:
-    env = DobotEnv(
-        DobotEnvConfig(
-            host="127.0.0.1",
-            port=0,
-            image_size=size,
-            max_episode_steps=10_000,
-            joint_low=VIPERX_LOW,
-            joint_high=VIPERX_HIGH,
-            reset_pose=START,
-            robot_timeout_s=60,
+class ThroughTheBridge:
+    """Sim robot in its own process -> bridge -> websocket -> DobotEnv here, with a free policy."""
+
+    def __init__(self, size: tuple[int, int], teleop: bool):
+        self.teleop = teleop
+        self.env = DobotEnv(
+            DobotEnvConfig(
+                host="127.0.0.1",
+                port=0,
+                image_size=size,
+                max_episode_steps=10_000,
+                joint_low=VIPERX_LOW,
+                joint_high=VIPERX_HIGH,
+                reset_pose=START,
+                robot_timeout_s=60,
+            )
         )
-    )
-    cmd = [sys.executable, "-m", "robot.sim.serve", "--task", "easy", "--port", str(env.port)]
-    cmd += ["--height", str(size[0]), "--width", str(size[1]), "--horizon", "1e9"]
-    cmd += ["--patience", "0"] if teleop else ["--no-takeover"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        obs, _ = env.reset(seed=0)
+        cmd = [sys.executable, "-m", "robot.sim.serve", "--task", "easy", "--port", str(self.env.port)]
+        cmd += ["--height", str(size[0]), "--width", str(size[1]), "--horizon", "1e9"]
+        cmd += ["--patience", "0"] if teleop else ["--no-takeover"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.obs, _ = self.env.reset(seed=0)
         for _ in range(3):  # warm-up: connection, first renders
-            obs, *_ = env.step(np.tile(obs["state"], (50, 1)))
+            self.obs, *_ = self.env.step(np.tile(self.obs["state"], (50, 1)))
+
+    def measure(self, seconds: float) -> tuple[float, float]:
         n, recorded, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            obs, _, term, trunc, info = env.step(np.tile(obs["state"], (50, 1)))
-            assert info["teleop"] == teleop, info
+            self.obs, _, term, trunc, info = self.env.step(np.tile(self.obs["state"], (50, 1)))
+            assert info["teleop"] == self.teleop, info
             n += 1
-            recorded += int(obs["state_chunk_mask"].sum())
+            recorded += int(self.obs["state_chunk_mask"].sum())
             if term or trunc:
-                obs, _ = env.reset()
+                self.obs, _ = self.env.reset()
         elapsed = time.perf_counter() - start
         return n / elapsed, recorded / elapsed
-    finally:
-        env.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.env.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/bridge rounds (medians)")
     parser.add_argument("--height", type=int, default=224)
     parser.add_argument("--width", type=int, default=298)
     args = parser.parse_args()
     size = (args.height, args.width)
-    print(f"3 cameras at {size[0]}x{size[1]}, {os.cpu_count()} CPUs visible, {args.seconds:.0f} s per figure")
-    for label, teleop, control_steps in (
-        ("policy drives (20 of 50 steps)", False, 100),
-        ("human teleop (1 step)", True, 5),
-    ):
-        base = baseline(size, control_steps, args.seconds)
-        qps, records = through_the_bridge(size, teleop, args.seconds)
+    print(
+        f"3 cameras at {size[0]}x{size[1]}, {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
+        f"{args.rounds} alternating rounds of {args.seconds:.0f} s, medians"
+    )
+    modes = (("policy drives (20 of 50 steps)", False, 100), ("human teleop (1 step)", True, 5))
+    for label, teleop, control_steps in modes:
+        baseline, bridge = SimOnly(size, control_steps), ThroughTheBridge(size, teleop)
+        try:
+            base, through, records = [], [], []
+            for _ in range(args.rounds):  # alternate so that load from other processes hits both alike
+                qps, rec = bridge.measure(args.seconds)
+                through.append(qps)
+                records.append(rec)
+                base.append(baseline.measure(args.seconds))
+        finally:
+            bridge.close()
+            baseline.sim.close()
+        qps, ref, rec = (float(np.median(v)) for v in (through, base, records))
+        rounds = ", ".join(f"{v:.1f}" for v in through)
         print(
-            f"{label:32s} queries/s through bridge+websocket+env: {qps:6.1f}   "
-            f"sim-only baseline: {base:6.1f}   ratio {qps / base:4.2f}   "
-            f"robot time {qps * control_steps * 0.02:5.1f}x real time   10 Hz records/s {records:6.1f}"
+            f"{label:32s} queries/s through bridge+websocket+env: {qps:6.1f} (rounds {rounds})"
+            f"   sim-only baseline: {ref:6.1f}   ratio {qps / ref:4.2f}"
+            f"   robot time {qps * control_steps * 0.02:5.1f}x real time   10 Hz records/s {rec:6.1f}"
         )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

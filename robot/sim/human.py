@@ -21,6 +21,9 @@ import numpy as np
 from robot.sim.expert import Expert, make_expert
 from robot.sim.xtrainer import CONTROL_DT, SimXTrainer
 
+WATCH_EVERY = 5  # control steps between looks: the human watches at 10 Hz, like the state recorder
+WATCH_DT = WATCH_EVERY * CONTROL_DT
+
 
 @dataclasses.dataclass
 class HumanConfig:
@@ -57,7 +60,8 @@ class ScriptedHuman:
         self.label: str | None = None
         self.label_reason = ""
         self._held = 0
-        window = max(1, round(self.config.stall_window_s / CONTROL_DT))
+        self._ticks = 0
+        window = max(1, round(self.config.stall_window_s / WATCH_DT) + 1)
         self._recent = collections.deque(maxlen=window)
         self._best_progress = np.inf
         self._box_start = self.sim.box_pose()[:3]
@@ -84,12 +88,13 @@ class ScriptedHuman:
         return float(np.linalg.norm(self.sim.box_pose()[:3] - np.array([0.0, 0.5, 0.25])))
 
     def after_step(self) -> None:
-        """Called after every control step: update the label, then decide whether to take over."""
-        if self.label is not None:
+        """Called after every control step; every WATCH_EVERY-th one updates the label and decides on takeover."""
+        self._ticks += 1
+        if self.label is not None or self._ticks % WATCH_EVERY:
             return
         cfg, sim = self.config, self.sim
         self._held = self._held + 1 if sim.task_success_now() else 0
-        if self._held * CONTROL_DT >= cfg.success_hold_s:
+        if self._held * WATCH_DT >= cfg.success_hold_s - 1e-9:
             who = "policy" if self.expert is None else "scripted teleoperator"
             self._set_label("success", f"task held for {cfg.success_hold_s} s ({who} in control)")
             return

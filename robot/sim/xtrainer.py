@@ -67,6 +67,7 @@ class SimXTrainer:
         self._arm_bodies = np.array(
             [b for b in range(m.nbody) if m.body(b).name.startswith("vx300s_") and "/" in m.body(b).name]
         )
+        self._limit_cache = self._joint_limits()
         self.target = np.zeros(3)
         self._command = sim_model.start_state14()
         self.time = 0.0
@@ -157,14 +158,15 @@ class SimXTrainer:
         return self._limits()[1]
 
     def _limits(self) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(self, "_limit_cache"):
-            low, high = np.zeros(14), np.zeros(14)
-            for i, side in enumerate(("left", "right")):
-                rng = self.model.jnt_range[[self.model.joint(f"vx300s_{side}/{j}").id for j in sim_model.ARM_JOINTS]]
-                low[7 * i : 7 * i + 6], high[7 * i : 7 * i + 6] = rng[:, 0], rng[:, 1]
-                low[7 * i + 6], high[7 * i + 6] = 0.0, 1.0
-            self._limit_cache = (low, high)
         return self._limit_cache
+
+    def _joint_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """14-d command limits: the joints' ranges, grippers normalised to [0, 1]."""
+        low, high = np.zeros(14), np.ones(14)
+        for i, side in enumerate(("left", "right")):
+            rng = self.model.jnt_range[[self.model.joint(f"vx300s_{side}/{j}").id for j in sim_model.ARM_JOINTS]]
+            low[7 * i : 7 * i + 6], high[7 * i : 7 * i + 6] = rng[:, 0], rng[:, 1]
+        return low, high
 
     # -- world queries used by the tasks and the scripted human ----------------------------------------------
     def tcp(self, side: str) -> tuple[np.ndarray, np.ndarray]:
