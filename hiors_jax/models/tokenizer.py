@@ -158,3 +158,38 @@ class PaligemmaTokenizer:
             return np.zeros((0, self.max_len), np.int32), np.zeros((0, self.max_len), bool)
         tokens, masks = zip(*rows, strict=True)
         return np.stack(tokens), np.stack(masks)
+
+
+def train_tiny_tokenizer(path: str | os.PathLike, corpus: Sequence[str], vocab_size: int = 160) -> pathlib.Path:
+    """Train a small SentencePiece model with PaliGemma's special ids (pad 0, eos 1, bos 2, unk 3).
+
+    For the laptop demo and tests only: the real PaliGemma vocabulary cannot be downloaded here, and a tiny model
+    exercises the same tokenizer code path. `vocab_size` must not exceed the tiny model's embedding rows.
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(corpus) * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        add_dummy_prefix=False,
+        byte_fallback=False,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.getvalue())
+    return path

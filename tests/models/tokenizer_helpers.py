@@ -1,7 +1,8 @@
 """A tiny SentencePiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3), trained in seconds."""
 
-import io
 import pathlib
+
+from hiors_jax.models.tokenizer import train_tiny_tokenizer
 
 CORPUS = [
     "pick up the red block and put it in the box",
@@ -17,27 +18,4 @@ CORPUS = [
 
 
 def train_tiny_sentencepiece(directory: pathlib.Path, vocab_size: int = 160) -> pathlib.Path:
-    import sentencepiece
-
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        user_defined_symbols=["\n"],
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        add_dummy_prefix=False,
-        byte_fallback=False,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    path = directory / "tiny_paligemma.model"
-    path.write_bytes(model.getvalue())
-    return path
+    return train_tiny_tokenizer(directory / "tiny_paligemma.model", CORPUS, vocab_size)
