@@ -142,7 +142,7 @@ def tiny_config(pi05: bool = False, **changes) -> Pi0Config:
         pi05=pi05,
         action_dim=32,
         action_horizon=50,
-        max_token_len=24 if pi05 else 16,
+        max_token_len=80 if pi05 else 16,  # PI0.5 writes the state into the prompt
         dtype="float32",
     )
     defaults.update(changes)
