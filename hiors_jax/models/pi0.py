@@ -469,14 +469,16 @@ def infer_config(params: dict, **overrides) -> Pi0Config:
 def load_openpi_params(path, *, dtype=None, **overrides) -> tuple[Pi0Config, dict]:
     """Load an openpi-layout orbax `params` directory (f32 or bf16, with or without trailing `value` leaves).
 
-    Every model size is inferred from the stored shapes. `dtype` casts the parameters on load (as openpi's
-    inference path does with bfloat16); the compute dtype defaults to the parameters' dtype and can be set with
-    `dtype=` in overrides' place via `compute_dtype=`. Other overrides (`action_horizon`, `max_token_len`, `remat`)
-    go to the config.
+    `path` is the `params` directory or the checkpoint directory holding it. Every model size is inferred from
+    the stored shapes. `dtype` casts the parameters on load (openpi's inference path uses bfloat16). The compute
+    dtype is the parameters' dtype (float32 only if every leaf is float32) unless `compute_dtype=` is given.
+    Other overrides (`action_horizon`, `max_token_len`, `remat`) go to the config.
     """
     from hiors_jax.models import weights  # local import: weights pulls in orbax, which the model math does not need
 
     path = pathlib.Path(path)
+    if not (path / "_METADATA").exists() and (path / "params" / "_METADATA").exists():
+        path = path / "params"  # an openpi step directory (params/ + assets/), as create_trained_policy takes
     params = weights.restore_params_tree(path, dtype=dtype)
     compute_dtype = overrides.pop("compute_dtype", None)
     if compute_dtype is None:

@@ -86,7 +86,7 @@ def test_checkpoint_of_another_architecture(tmp_path, params):
 
 def test_saved_tiny_checkpoint_round_trips(tmp_path, params):
     weights.save_params_tree(tmp_path / "params", params)
-    default_config, _ = pi0.load_openpi_params(tmp_path / "params")
+    default_config, _ = pi0.load_openpi_params(tmp_path)  # the checkpoint directory holding params/
     # Horizon and prompt length are not in the weights: openpi's defaults unless overridden.
     assert (default_config.action_horizon, default_config.max_token_len) == (50, 48)
     config, loaded = pi0.load_openpi_params(
