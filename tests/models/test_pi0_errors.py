@@ -13,7 +13,7 @@ CFG = model_config.tiny_config(action_horizon=4, max_token_len=8)
 
 @pytest.fixture(scope="module")
 def params():
-    return pi0.init_params(CFG, jax.random.key(0))
+    return jax.jit(pi0.init_params, static_argnums=0)(CFG, jax.random.key(0))
 
 
 def _noise(batch=2, dims=None):
