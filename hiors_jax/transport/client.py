@@ -14,6 +14,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from hiors_jax.transport.config import TrainerConfig
 from hiors_jax.transport.datastore import DataStoreBase, QueuedDataStore, Stream
 from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, MAGIC, AuthError, Envelope, normalize_key
 from hiors_jax.transport.server import WIRES
-from hiors_jax.transport.weights import DEFAULT_CHUNK_BYTES, NetworkAssembler
+from hiors_jax.transport.weights import SPLIT_BYTES, NetworkAssembler
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ class TrainerClient:
         wire: str = "safe",
         auth_key: bytes | str | None = None,
         actor_id: str | None = None,
-        max_upload_bytes: int = 32 << 20,
+        max_upload_bytes: int = 4 << 20,
         max_upload_items: int = 4096,
+        upload_window: int = 4,
         heartbeat_interval: float = 2.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -77,6 +79,7 @@ class TrainerClient:
         self.actor_id = actor_id or default_actor_id(name)
         self.max_upload_bytes = max_upload_bytes
         self.max_upload_items = max_upload_items
+        self.upload_window = max(1, int(upload_window))
         self.heartbeat_interval = heartbeat_interval
         self.backoff = backoff
         self.max_message_bytes = max_message_bytes
@@ -144,15 +147,28 @@ class TrainerClient:
             self._sock.close(0)
             self._sock = None
 
-    def _exchange(self, frames: list, timeout_ms: int) -> list | None:
-        """Send one request, wait for its reply frames. None on timeout (the socket is then replaced, so a
-        late reply can never be mistaken for the answer to a later request)."""
+    def _fail(self) -> None:
+        """A request went unanswered: replace the socket so a late reply can never be taken for a later one."""
+        self.stats["timeouts"] += 1
+        self.connected = False
+        self._new_socket()
+
+    def _send_frames(self, frames: list) -> bool:
         with self._sock_lock:
             if self._sock is None:
                 self._new_socket()
             try:
                 self._sock.send_multipart([b"", *frames], copy=False)
-                deadline = time.monotonic() + timeout_ms / 1000
+                return True
+            except zmq.ZMQError as exc:  # EAGAIN after SNDTIMEO: no learner connected
+                log.debug("send failed: %s", exc)
+                self._fail()
+                return False
+
+    def _recv_frames(self, timeout_ms: int) -> list | None:
+        with self._sock_lock:
+            deadline = time.monotonic() + timeout_ms / 1000
+            try:
                 while (remaining := deadline - time.monotonic()) > 0:
                     if self._sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                         reply = self._sock.recv_multipart(copy=False)
@@ -160,18 +176,26 @@ class TrainerClient:
                             return reply[1:]
                         log.warning("dropping a reply without the empty delimiter frame")
             except zmq.ZMQError as exc:
-                log.debug("request failed: %s", exc)
-            self.stats["timeouts"] += 1
-            self.connected = False
-            self._new_socket()
+                log.debug("receive failed: %s", exc)
+            self._fail()
             return None
 
-    def _call(self, msg: dict, timeout_ms: int | None = None) -> dict | None:
-        """Safe-wire request/reply. Replies to older requests (after a timeout) are recognised and skipped."""
+    def _exchange(self, frames: list, timeout_ms: int) -> list | None:
+        with self._sock_lock:
+            if not self._send_frames(frames):
+                return None
+            return self._recv_frames(timeout_ms)
+
+    def _send(self, msg: dict) -> int | None:
+        """Send a safe-wire request; returns its id (None when it could not be sent)."""
         with self._sock_lock:
             self._rid += 1
-            msg = {**msg, "rid": self._rid}
-            frames = self._exchange(self._envelope.pack(msg), timeout_ms or self.timeout_ms)
+            return self._rid if self._send_frames(self._envelope.pack({**msg, "rid": self._rid})) else None
+
+    def _receive(self, rid: int, timeout_ms: int | None = None) -> dict | None:
+        """The reply to request `rid` (requests are answered in order). None on timeout."""
+        with self._sock_lock:
+            frames = self._recv_frames(timeout_ms or self.timeout_ms)
             if frames is None:
                 return None
             try:
@@ -190,8 +214,9 @@ class TrainerClient:
                 if error.startswith("unauthenticated"):
                     raise AuthError(f"learner refused our message: {error} (are both sides using the same auth_key?)")
                 raise WireError(f"learner refused our message: {error}")
-            if reply.get("rid") != self._rid:
-                raise WireError(f"reply id {reply.get('rid')!r} does not match request {self._rid}")
+            if reply.get("rid") != rid:
+                self._fail()
+                raise WireError(f"reply id {reply.get('rid')!r} does not match request {rid}")
             self.connected = True
             self._last_ok = time.monotonic()
             run = reply.get("run")
@@ -199,6 +224,11 @@ class TrainerClient:
                 log.warning("learner restarted (run %s -> %s); re-synchronising uploads", self._server_run, run)
                 self._server_run = None  # forces a new handshake before the next upload
             return reply
+
+    def _call(self, msg: dict, timeout_ms: int | None = None) -> dict | None:
+        with self._sock_lock:
+            rid = self._send(msg)
+            return None if rid is None else self._receive(rid, timeout_ms)
 
     def _legacy_call(self, msg: dict) -> Any:
         with self._sock_lock:
@@ -282,39 +312,67 @@ class TrainerClient:
             for (_, stream), (_, committed) in zip(held, reply["marks"], strict=True):
                 stream.release(int(committed))  # what the learner has persisted since the last upload
         for name, stream in self._all_streams():
-            cursor_key = (name, stream.epoch)
+            outcome = self._upload_stream(name, stream)
+            if outcome == "restarted":  # the learner restarted between two uploads
+                return self._handshake() and self._update_safe()
+            if outcome != "done":
+                return False
+        return True
+
+    def _upload_stream(self, name: str, stream: Stream) -> str:
+        """Send the stream's unacknowledged items, keeping `upload_window` messages in flight so that encoding,
+        transfer and the learner's inserts overlap. Every reply carries the learner's authoritative mark."""
+        key = (name, stream.epoch)
+        inflight: deque[int] = deque()
+        next_seq = self._cursors.get(key, 0)
+        with self._sock_lock:
             while True:
-                cursor = self._cursors.get(cursor_key, 0)
-                first, items = stream.pending(cursor, self.max_upload_items, self.max_upload_bytes)
-                if not items:
-                    break
-                msg = {
-                    "t": "upload",
-                    "store": name,
-                    "actor": stream.bind(self.actor_id),
-                    "epoch": stream.epoch,
-                    "first": first,
-                    "released": stream.first_seq - 1,
-                    "items": items,
-                }
-                reply = self._call(msg)
+                while len(inflight) < self.upload_window:
+                    first, items = stream.pending(next_seq, self.max_upload_items, self.max_upload_bytes)
+                    if not items:
+                        break
+                    msg = {
+                        "t": "upload",
+                        "store": name,
+                        "actor": stream.bind(self.actor_id),
+                        "epoch": stream.epoch,
+                        "first": first,
+                        "released": stream.first_seq - 1,
+                        "items": items,
+                    }
+                    rid = self._send(msg)
+                    if rid is None:
+                        return "failed"
+                    inflight.append(rid)
+                    next_seq = first + len(items)
+                if not inflight:
+                    return "done"
+                reply = self._receive(inflight.popleft())
                 if reply is None:
-                    return False
-                if self._server_run is None:  # the learner restarted between two uploads
-                    return self._handshake() and self._update_safe()
+                    return "failed"
+                if self._server_run is None:
+                    while inflight:  # collect the answers still due, then resynchronise
+                        if self._receive(inflight.popleft()) is None:
+                            return "failed"
+                    return "restarted"
                 if not reply.get("ok") and reply.get("error") != "gap":
                     log.error("learner refused an upload to %r: %s", name, reply.get("error"))
-                    return False
+                    return "failed"
                 for seq, why in reply.get("rejected", []):
                     self.stats["rejected_items"] += 1
                     log.error("learner's store %r could not insert item %d (%s); it is dropped", name, seq, why)
                 accepted = int(reply["accepted"])
-                self._cursors[cursor_key] = accepted + 1
+                previous = self._cursors.get(key, 0)
+                self._cursors[key] = accepted + 1
                 stream.release(int(reply["committed"]))
                 if reply.get("ok"):
-                    self.stats["uploaded_items"] += max(0, accepted + 1 - first)
+                    self.stats["uploaded_items"] += max(0, accepted + 1 - previous)
                     self.stats["uploads"] += 1
-        return True
+                else:  # a gap: the learner has less than we assumed; resend from its mark
+                    while inflight:
+                        if self._receive(inflight.popleft()) is None:
+                            return "failed"
+                    next_seq = self._cursors[key]
 
     def _legacy_update(self, name: str, store: DataStoreBase) -> bool:
         reply = self._legacy_call({"type": "get_last_update_id", "payload": {"store_name": name}})
@@ -423,7 +481,7 @@ class TrainerClient:
             sub.setsockopt(zmq.CONFLATE, 1)
         else:
             sub.setsockopt(zmq.RCVHWM, 0)
-            sub.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes, 2 * DEFAULT_CHUNK_BYTES))
+            sub.setsockopt(zmq.MAXMSGSIZE, min(self.max_network_bytes, 2 * SPLIT_BYTES))  # whole leaves
         sub.connect(f"tcp://{self.server_ip}:{self.config.broadcast_port}")
         if self.wire == "safe":
             self._fetch_latest_network()

@@ -20,6 +20,7 @@ from hiors_jax.transport import codec
 from hiors_jax.transport.codec import WireError
 
 DEFAULT_CHUNK_BYTES = 64 << 20
+SPLIT_BYTES = 1 << 31  # leaves up to 2 GiB (PI0's 1 GB embedding) travel as one frame
 _LOW_PRECISION_FLOATS = {np.dtype(ml_dtypes.bfloat16)}
 
 
@@ -67,8 +68,10 @@ def chunk_messages(
     publisher: int,
     dtype: Any = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    split_bytes: int = SPLIT_BYTES,
 ) -> list[dict]:
-    """Messages of one broadcast. Chunk 0 carries the leaf table; every chunk names version and count."""
+    """Messages of one broadcast: small leaves grouped into messages of about `chunk_bytes`, larger leaves
+    one per message, leaves over `split_bytes` cut in pieces. Chunk 0 carries the leaf table."""
     target = np.dtype(dtype) if dtype is not None else None
     pairs = [(path, leaf_to_host(leaf, target)) for path, leaf in flatten_params(params)]
     if not pairs or pairs[0][0] == ():
@@ -78,17 +81,17 @@ def chunk_messages(
     room = chunk_bytes
     for index, (_, arr) in enumerate(pairs):
         raw = arr.reshape(-1).view(np.uint8)
-        start = 0
-        while True:
-            take = min(room, raw.nbytes - start)
-            if take > 0 or raw.nbytes == 0:
-                chunks[-1].append([index, start, raw[start : start + take]])
-            start += take
-            room -= take
-            if start >= raw.nbytes:
-                break
-            chunks.append([])
+        if raw.nbytes > room and chunks[-1]:
+            chunks.append([])  # a leaf that does not fit starts a fresh message instead of straddling two
             room = chunk_bytes
+        # Leaves travel whole (one zero-copy frame each side) unless they exceed split_bytes.
+        for start in range(0, max(raw.nbytes, 1), split_bytes):
+            if start:
+                chunks.append([])
+                room = chunk_bytes
+            piece = raw[start : start + split_bytes]
+            chunks[-1].append([index, start, piece])
+            room -= piece.nbytes
         if room <= 0:
             chunks.append([])
             room = chunk_bytes

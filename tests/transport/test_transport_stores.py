@@ -104,8 +104,10 @@ def make_params(rng):
 
 def test_chunked_weights_round_trip_and_bf16():
     params = make_params(np.random.default_rng(0))
-    messages = chunk_messages(params, version=3, publisher=9, dtype="bfloat16", chunk_bytes=10_000)
+    messages = chunk_messages(params, version=3, publisher=9, dtype="bfloat16", chunk_bytes=10_000, split_bytes=9000)
     assert len(messages) > 3  # the 38 KB leaf had to be split
+    whole = chunk_messages(params, version=3, publisher=9, dtype="bfloat16", chunk_bytes=10_000)
+    assert sum(len(m["pieces"]) for m in whole) == 4  # one piece per leaf
     assembler = NetworkAssembler()
     results = [assembler.feed(m) for m in reversed(messages)]  # any order
     version, tree = results[-1]
@@ -120,8 +122,8 @@ def test_chunked_weights_round_trip_and_bf16():
 
 def test_incomplete_version_is_superseded_and_bad_chunks_rejected():
     rng = np.random.default_rng(1)
-    v1 = chunk_messages(make_params(rng), 1, 5, chunk_bytes=10_000)
-    v2 = chunk_messages(make_params(rng), 2, 5, chunk_bytes=10_000)
+    v1 = chunk_messages(make_params(rng), 1, 5, chunk_bytes=10_000, split_bytes=9000)
+    v2 = chunk_messages(make_params(rng), 2, 5, chunk_bytes=10_000, split_bytes=9000)
     assembler = NetworkAssembler()
     for m in v1[:-1]:
         assert assembler.feed(m) is None  # v1 never completes
