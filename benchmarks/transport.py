@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import socket
 import time
 
@@ -148,13 +147,21 @@ def tree_bytes(tree) -> int:
     return sum(tree_bytes(v) for v in tree.values()) if isinstance(tree, dict) else tree.nbytes
 
 
+def peak_rss_gb() -> float:
+    """VmHWM of this address space (ru_maxrss would include the parent's peak, inherited across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def receiver_proc(config: TrainerConfig, wire: str, key: str | None, ready, done, result) -> None:
     client = TrainerClient("actor_env", "127.0.0.1", config, data_stores={}, wire=wire, auth_key=key, timeout_ms=60_000)
 
     def got(params):
         result["t_done"] = time.monotonic()
         result["bytes"] = tree_bytes(params)
-        result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result["rss_gb"] = peak_rss_gb()
         done.set()
 
     client.recv_network_callback(got)
@@ -189,19 +196,31 @@ def bench_broadcast(wire: str, key: str | None, params: dict) -> tuple[float, fl
         server.stop()
 
 
+def report(label: str, size_gb: float, seconds: float, rss: float, baseline: float | None) -> None:
+    ratio = f"  ({size_gb / seconds / baseline:.1f}x baseline)" if baseline else ""
+    rate = size_gb / seconds
+    print(f"  {label:32s} {size_gb:5.2f} GB: {seconds:6.2f} s {rate:5.2f} GB/s  rx peak RSS {rss:.1f} GB{ratio}")
+
+
+def best_broadcast(wire: str, key: str | None, params: dict, repeats: int) -> tuple[float, float]:
+    runs = [bench_broadcast(wire, key, params) for _ in range(repeats)]
+    return min(r[0] for r in runs), max(r[1] for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--transitions", type=int, default=200)
     parser.add_argument("--per-update", type=int, default=50, help="transitions per update() (an episode)")
     parser.add_argument("--weights-gb", type=float, default=1.0)
     parser.add_argument("--baseline-weights-gb", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=2, help="broadcast runs per variant; the best is shown")
     args = parser.parse_args()
 
     sample = make_transition(np.random.default_rng(0))
     print(f"transition: {transition_bytes(sample) / 1e6:.2f} MB (3 cams 224x298 uint8 for obs and next_obs)")
     print(f"uploads: {args.transitions} transitions, {args.per_update} per update(), learner in another process")
     base_tps, base_mbs = bench_uploads("agentlace", None, args.transitions, args.per_update)
-    print(f"  agentlace lz4+pickle (baseline): {base_tps:8.1f} transitions/s {base_mbs:8.1f} MB/s")
+    print(f"  {'agentlace lz4+pickle (baseline)':32s}: {base_tps:8.1f} transitions/s {base_mbs:8.1f} MB/s")
     for label, key in (("safe msgpack+raw frames", None), ("safe + HMAC-SHA256", KEY)):
         tps, mbs = bench_uploads("safe", key, args.transitions, args.per_update)
         print(f"  {label:32s}: {tps:8.1f} transitions/s {mbs:8.1f} MB/s  ({tps / base_tps:.1f}x baseline)")
@@ -211,18 +230,15 @@ def main() -> None:
     if args.baseline_weights_gb > 0:
         params = make_params(int(args.baseline_weights_gb * 1e9))
         size = tree_bytes(params) / 1e9
-        t, rss = bench_broadcast("agentlace", None, params)
-        baseline = size / t
-        print(
-            f"  agentlace lz4+pickle (baseline) {size:5.2f} GB: {t:6.2f} s {baseline:5.2f} GB/s  rx peak RSS {rss:.1f} GB"
-        )
+        seconds, rss = best_broadcast("agentlace", None, params, args.repeats)
+        baseline = size / seconds
+        report("agentlace lz4+pickle (baseline)", size, seconds, rss, None)
         del params
     params = make_params(int(args.weights_gb * 1e9))
     size = tree_bytes(params) / 1e9
     for label, key in (("safe chunked", None), ("safe chunked + HMAC", KEY)):
-        t, rss = bench_broadcast("safe", key, params)
-        ratio = f"({size / t / baseline:.1f}x baseline)" if baseline else ""
-        print(f"  {label:31s} {size:5.2f} GB: {t:6.2f} s {size / t:5.2f} GB/s  rx peak RSS {rss:.1f} GB {ratio}")
+        seconds, rss = best_broadcast("safe", key, params, args.repeats)
+        report(label, size, seconds, rss, baseline)
 
 
 if __name__ == "__main__":
