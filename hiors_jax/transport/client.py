@@ -427,9 +427,11 @@ class TrainerClient:
         """Call `callback(params)` (or `callback(params, version)`) on a background thread for every complete
         broadcast. On connect the newest published weights are fetched, so a late actor does not wait for
         the next publish."""
+        first = self._network_cb is None
         self._network_cb = callback
         self._network_with_version = with_version
-        self._spawn(self._network_loop, "hiors-client-network")
+        if first:
+            self._spawn(self._network_loop, "hiors-client-network")
 
     def start_async_update(self, interval: float = 10.0) -> None:
         def loop() -> None:

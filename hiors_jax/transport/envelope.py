@@ -1,9 +1,9 @@
 """Message envelope for the safe wire format: version tag, HMAC over every frame, size limits.
 
 A message is the ZeroMQ multipart `[MAGIC, mac, header, *buffers]`. `mac` is empty when no key is
-configured; otherwise it is HMAC-SHA256(key, MAGIC | n | len_i | HMAC-SHA256(key, frame_i) ...) over the header
-and every buffer, so frames can be hashed in parallel (hashlib releases the GIL) and nothing can be
-added, dropped, reordered or altered without the key. Receivers check the tag, the sizes and the MAC before
+configured; otherwise it is an HMAC-SHA256 over the frame count, every frame's length and the HMAC-SHA256 of
+each 16 MiB segment of every frame (header and buffers), so segments can be hashed in parallel and nothing
+can be added, dropped, reordered or altered without the key. Receivers check the tag, the sizes and the MAC before
 the header is parsed, so an unauthenticated peer never reaches msgpack.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,9 +24,11 @@ MAGIC = b"HJX1"
 MAC_BYTES = 32
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_MAX_FRAMES = 1 << 16
-_PARALLEL_HASH_BYTES = 8 << 20  # frames above this are hashed on the pool
+_PARALLEL_HASH_BYTES = 8 << 20  # messages above this are hashed on the pool
+_SEGMENT_BYTES = 16 << 20
 
 _hash_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 class AuthError(WireError):
@@ -34,9 +37,10 @@ class AuthError(WireError):
 
 def _pool() -> ThreadPoolExecutor:
     global _hash_pool
-    if _hash_pool is None:
-        _hash_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hiors-transport-hmac")
-    return _hash_pool
+    with _pool_lock:
+        if _hash_pool is None:
+            _hash_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hiors-transport-hmac")
+        return _hash_pool
 
 
 def normalize_key(key: bytes | str | None) -> bytes | None:
@@ -49,20 +53,27 @@ def normalize_key(key: bytes | str | None) -> bytes | None:
     return key
 
 
-def _frame_digest(key: bytes, frame: Any) -> bytes:
-    return hmac.new(key, frame, hashlib.sha256).digest()
+def _digest(key: bytes, data: Any) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def compute_mac(key: bytes, frames: Sequence[Any]) -> bytes:
-    large = [i for i, f in enumerate(frames) if len(f) >= _PARALLEL_HASH_BYTES]
-    digests: list[Any] = [None] * len(frames)
-    if len(large) > 1:
-        for i, d in zip(large, _pool().map(lambda i: _frame_digest(key, frames[i]), large), strict=True):
-            digests[i] = d
+    """HMAC over the frame count, each frame's length and the HMACs of its 16 MiB segments. Segments are
+    hashed on a thread pool when there is enough data (hashlib releases the GIL), so big weight frames are
+    signed and checked at several GB/s on a many-core learner rather than one core's ~1 GB/s."""
+    views = [f if isinstance(f, memoryview) else memoryview(f) for f in frames]
+    views = [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in views]
+    segments = [[v[s : s + _SEGMENT_BYTES] for s in range(0, max(len(v), 1), _SEGMENT_BYTES)] for v in views]
+    flat = [seg for segs in segments for seg in segs]
+    if len(flat) > 1 and sum(len(v) for v in views) >= _PARALLEL_HASH_BYTES:
+        digests = iter(_pool().map(lambda seg: _digest(key, seg), flat))
+    else:
+        digests = iter([_digest(key, seg) for seg in flat])
     outer = hmac.new(key, MAGIC + struct.pack("<Q", len(frames)), hashlib.sha256)
-    for i, frame in enumerate(frames):
-        outer.update(struct.pack("<Q", len(frame)))
-        outer.update(digests[i] if digests[i] is not None else _frame_digest(key, frame))
+    for view, segs in zip(views, segments, strict=True):
+        outer.update(struct.pack("<QQ", len(view), len(segs)))
+        for _ in segs:
+            outer.update(next(digests))
     return outer.digest()
 
 

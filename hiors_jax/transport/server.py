@@ -278,7 +278,18 @@ class TrainerServer:
         reply["run"] = self.run_id
         if isinstance(msg, dict):
             reply["rid"] = msg.get("rid")
-        return self._envelope.pack(reply)
+        try:
+            return self._envelope.pack(reply)
+        except WireError as exc:  # e.g. a request callback returned an object msgpack cannot carry
+            log.error("reply could not be encoded: %s", exc)
+            return self._envelope.pack(
+                {
+                    "ok": False,
+                    "error": f"reply could not be encoded: {exc}",
+                    "run": self.run_id,
+                    "rid": reply.get("rid"),
+                }
+            )
 
     def _dispatch(self, msg: dict) -> dict:
         kind = msg["t"]

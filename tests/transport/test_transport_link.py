@@ -320,3 +320,30 @@ def test_weights_broadcast_versions_chunks_and_late_joiners(trainer_config, lear
     version, tree = slot.wait_for(lambda v: v >= v2, timeout=10)
     np.testing.assert_array_equal(tree["PaliGemma"]["llm"]["layers"]["w"], params2["PaliGemma"]["llm"]["layers"]["w"])
     assert client.network_version == v2
+
+
+def test_unencodable_callback_reply_is_reported_not_fatal(learner, actors):
+    learner(request_callback=lambda kind, payload: {"handle": object()})
+    client = actors({})
+    reply = client.request("send-stats", {})
+    assert reply["success"] is False and "could not be encoded" in reply["message"]
+    assert client.request("send-stats", {}) is not None  # still serving
+
+
+def test_frame_over_the_socket_limit_drops_only_that_peer(trainer_config, actors):
+    server = TrainerServer(trainer_config, max_message_bytes=1 << 20)
+    server.register_data_store("actor_env", ListStore())
+    server.start(threaded=True)
+    try:
+        attacker = zmq.Context.instance().socket(zmq.DEALER)
+        attacker.setsockopt(zmq.LINGER, 0)
+        attacker.connect(f"tcp://127.0.0.1:{trainer_config.port_number}")
+        attacker.send_multipart([b"", b"x" * (4 << 20)])  # libzmq refuses the frame and drops the connection
+        assert not attacker.poll(500)
+        attacker.close(0)
+        queue = QueuedDataStore(10)
+        client = actors({"actor_env": queue})
+        queue.insert(transition(0))
+        assert client.update() and server.data_store("actor_env").items[0]["id"] == "a-0"
+    finally:
+        server.stop()
