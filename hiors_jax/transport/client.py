@@ -114,7 +114,7 @@ class TrainerClient:
         while True:
             try:
                 ok = self._handshake()
-            except IncompatibleConfigError:
+            except (IncompatibleConfigError, WireError, ConnectionError):  # AuthError is a WireError
                 self._close_socket()
                 raise
             if ok:

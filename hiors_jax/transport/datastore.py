@@ -160,9 +160,9 @@ class _Journal:
             pos += n
         return codec.decode(header, buffers)
 
-    def release(self, upto: int) -> None:
-        for seq in [s for s in self.index if s <= upto]:
-            del self.index[seq]
+    def release(self, first: int, upto: int) -> None:
+        for seq in range(first, upto + 1):
+            self.index.pop(seq, None)
         for path, last in list(self.segments.items()):
             if last <= upto and path != self._writer_path:
                 fd = self._fds.pop(path, None)
@@ -244,7 +244,7 @@ class Stream:
             freed = max(0, upto + 1 - self.first_seq)
             if freed:
                 if self.journal is not None:
-                    self.journal.release(upto)
+                    self.journal.release(self.first_seq, upto)
                 else:
                     for _ in range(freed):
                         self.items.popleft()

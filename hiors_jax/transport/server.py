@@ -59,7 +59,7 @@ def check_bind_allowed(host: str, key: bytes | None, allow_insecure: bool, wire:
 
 
 def bind_address(host: str, port: int) -> str:
-    host = "*" if host in ("0.0.0.0", "*", "") else host
+    host = {"0.0.0.0": "*", "": "*", "localhost": "127.0.0.1"}.get(host, host)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"tcp://{host}:{port}"

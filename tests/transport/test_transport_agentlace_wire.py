@@ -11,6 +11,8 @@ import lz4.frame
 import numpy as np
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transport_test_helpers import ListStore
 
 from hiors_jax.transport import QueuedDataStore, TrainerClient, TrainerConfig, TrainerServer
@@ -204,3 +206,27 @@ def test_agentlace_wire_end_to_end_between_our_peers(trainer_config, caplog):
     finally:
         client.stop()
         server.stop()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frame=st.one_of(st.binary(max_size=200), st.binary(max_size=50).map(lz4.frame.compress)))
+def test_fuzzed_agentlace_frames_do_not_stop_the_server(agentlace_server, frame):
+    actor = agentlace_server
+    actor.req.send(frame)
+    assert isinstance(dec(actor.req.recv()), dict)
+    assert actor.call({"type": "hash"})["success"] is True
+
+
+@pytest.fixture(scope="module")
+def agentlace_server():
+    from transport_test_helpers import free_ports
+
+    port, bport = free_ports(2)
+    config = TrainerConfig(port_number=port, broadcast_port=bport)
+    server = TrainerServer(config, wire="agentlace")
+    server.register_data_store("actor_env", ListStore())
+    server.start(threaded=True)
+    actor = AgentlaceStyleActor(config, zmq.Context.instance())
+    yield actor
+    actor.close()
+    server.stop()
