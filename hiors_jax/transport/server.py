@@ -206,6 +206,11 @@ class TrainerServer:
                 self._latest_network = messages
             return self._version
 
+    def live_actors(self, within_s: float = 10.0) -> list[str]:
+        """Actors heard from (upload, heartbeat or request) in the last `within_s` seconds."""
+        now = time.time()
+        return [a for a, info in list(self.actors.items()) if now - info.get("last_seen", 0.0) <= within_s]
+
     # ---- persistence hook ----------------------------------------------------------------------------
     def persist(self, save_fn: Callable[[list], None] | None = None) -> list:
         """Pause inserts, call `save_fn(marks)` (save the replay buffer together with these marks, atomically),

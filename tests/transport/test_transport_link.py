@@ -88,6 +88,7 @@ def test_upload_is_acknowledged_and_released(learner, actors):
     assert store.items[3]["observations"]["cam_high"].dtype == np.uint8
     assert client.update() and len(store) == 20  # nothing new, nothing resent
     assert server.actors[client.actor_id]["items"] == 20
+    assert server.live_actors(within_s=5) == [client.actor_id]
 
 
 def test_uploads_are_cut_into_bounded_messages(learner, actors):
