@@ -26,7 +26,7 @@ from hiors_jax.transport.config import TrainerConfig
 from hiors_jax.transport.datastore import DataStoreBase, QueuedDataStore, Stream
 from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, MAGIC, AuthError, Envelope, normalize_key
 from hiors_jax.transport.server import WIRES
-from hiors_jax.transport.weights import SPLIT_BYTES, NetworkAssembler
+from hiors_jax.transport.weights import MAX_CHUNK_FRAME_BYTES, NetworkAssembler
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class TrainerClient:
             self.data_stores[name] = data_store
         self._config_json = config.to_json()
         self._envelope = Envelope(key, max_message_bytes=max_message_bytes)
+        # weight chunks carry whole leaves (up to 1 GiB each); they are bounded by max_network_bytes instead
+        self._net_envelope = Envelope(key, max_message_bytes=max_network_bytes)
         self._ctx = context or zmq.Context.instance()
         self._sock_lock = threading.RLock()
         self._update_lock = threading.Lock()
@@ -137,7 +139,7 @@ class TrainerClient:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a learner that is not connected
             sock.setsockopt(zmq.RECONNECT_IVL, int(self.backoff[0] * 1000))
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.backoff[1] * 1000))
-            sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            sock.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes, MAX_CHUNK_FRAME_BYTES))
             sock.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
             sock.connect(f"tcp://{self.server_ip}:{self.config.port_number}")
             self._sock = sock
@@ -192,14 +194,14 @@ class TrainerClient:
             self._rid += 1
             return self._rid if self._send_frames(self._envelope.pack({**msg, "rid": self._rid})) else None
 
-    def _receive(self, rid: int, timeout_ms: int | None = None) -> dict | None:
+    def _receive(self, rid: int, timeout_ms: int | None = None, envelope: Envelope | None = None) -> dict | None:
         """The reply to request `rid` (requests are answered in order). None on timeout."""
         with self._sock_lock:
             frames = self._recv_frames(timeout_ms or self.timeout_ms)
             if frames is None:
                 return None
             try:
-                reply = self._envelope.unpack(frames)
+                reply = (envelope or self._envelope).unpack(frames)
             except AuthError as exc:
                 refusal = _unsigned_refusal(frames)
                 if refusal:
@@ -225,10 +227,10 @@ class TrainerClient:
                 self._server_run = None  # forces a new handshake before the next upload
             return reply
 
-    def _call(self, msg: dict, timeout_ms: int | None = None) -> dict | None:
+    def _call(self, msg: dict, timeout_ms: int | None = None, envelope: Envelope | None = None) -> dict | None:
         with self._sock_lock:
             rid = self._send(msg)
-            return None if rid is None else self._receive(rid, timeout_ms)
+            return None if rid is None else self._receive(rid, timeout_ms, envelope)
 
     def _legacy_call(self, msg: dict) -> Any:
         with self._sock_lock:
@@ -483,7 +485,7 @@ class TrainerClient:
             sub.setsockopt(zmq.CONFLATE, 1)
         else:
             sub.setsockopt(zmq.RCVHWM, 0)
-            sub.setsockopt(zmq.MAXMSGSIZE, min(self.max_network_bytes, 2 * SPLIT_BYTES))  # whole leaves
+            sub.setsockopt(zmq.MAXMSGSIZE, MAX_CHUNK_FRAME_BYTES)
         sub.connect(f"tcp://{self.server_ip}:{self.config.broadcast_port}")
         if self.wire == "safe":
             self._fetch_latest_network()
@@ -496,7 +498,7 @@ class TrainerClient:
                     if self.wire == "agentlace":
                         self._deliver(legacy.decode(frames[0].buffer, self.max_network_bytes), None)
                     else:
-                        self._feed_network(self._envelope.unpack(frames))
+                        self._feed_network(self._net_envelope.unpack(frames))
                 except WireError as exc:
                     log.warning("rejected a weight broadcast message: %s", exc)
         finally:
@@ -508,7 +510,8 @@ class TrainerClient:
             return
         try:
             for index in range(count):
-                reply = self._call({"t": "net_get", "i": index}, timeout_ms=max(self.timeout_ms, 30_000))
+                timeout = max(self.timeout_ms, 30_000)
+                reply = self._call({"t": "net_get", "i": index}, timeout_ms=timeout, envelope=self._net_envelope)
                 if reply is None or not reply.get("ok"):
                     log.warning("could not fetch the latest weights (chunk %d); waiting for the next broadcast", index)
                     return

@@ -20,7 +20,8 @@ from hiors_jax.transport import codec
 from hiors_jax.transport.codec import WireError
 
 DEFAULT_CHUNK_BYTES = 64 << 20
-SPLIT_BYTES = 1 << 31  # leaves up to 2 GiB (PI0's 1 GB embedding) travel as one frame
+SPLIT_BYTES = 1 << 30  # leaves up to 1 GiB (PI0's bf16 embedding: 1.05e9 bytes) travel as one frame
+MAX_CHUNK_FRAME_BYTES = SPLIT_BYTES + (16 << 20)  # receivers' per-frame limit for weight messages
 _LOW_PRECISION_FLOATS = {np.dtype(ml_dtypes.bfloat16)}
 
 

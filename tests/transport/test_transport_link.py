@@ -311,7 +311,7 @@ def test_weights_broadcast_versions_chunks_and_late_joiners(trainer_config, lear
     params = {"PaliGemma": {"llm": {"layers": {"w": np.random.default_rng(0).standard_normal((300, 100))}}}}
     v1 = server.publish_network(params, dtype="bfloat16")  # before any actor exists
     slot = ParamsSlot()
-    client = actors({}, auth_key=KEY)
+    client = actors({}, auth_key=KEY, max_message_bytes=30_000)  # weights are bounded by max_network_bytes
     client.recv_network_callback(slot.set, with_version=True)
     version, tree = slot.wait_for(lambda v: v >= v1, timeout=10)  # fetched on connect, not via PUB timing
     assert tree["PaliGemma"]["llm"]["layers"]["w"].dtype.name == "bfloat16"
