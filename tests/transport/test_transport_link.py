@@ -348,3 +348,39 @@ def test_frame_over_the_socket_limit_drops_only_that_peer(trainer_config, actors
         assert client.update() and server.data_store("actor_env").items[0]["id"] == "a-0"
     finally:
         server.stop()
+
+
+def test_ledger_path_dedups_resends_after_a_learner_restart(trainer_config, actors, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    store = ListStore()  # stands in for a replay buffer the learner reloads from its own checkpoint
+
+    def start():
+        server = TrainerServer(trainer_config, ack="persist", ledger_path=str(ledger))
+        server.register_data_store("actor_env", store)
+        server.start(threaded=True)
+        return server
+
+    server = start()
+    queue = QueuedDataStore(100)
+    client = actors({"actor_env": queue})
+    for i in range(6):
+        queue.insert(transition(i))
+    assert client.update() and len(queue) == 6
+    server.stop()  # died before persist(): nothing committed, the actor still holds all six
+    server = start()
+    try:
+        assert eventually(client.update)
+        assert ids(store) == [f"a-{i}" for i in range(6)] * 2  # the first run's inserts were never persisted
+        store.items = store.items[6:]  # what a learner reloading its last checkpoint would hold
+        server.persist()
+        assert eventually(lambda: client.update() and len(queue) == 0)
+    finally:
+        server.stop()
+    server = start()  # a third run loads the ledger file: a resend of old items is recognised and dropped
+    try:
+        assert server.ledger.committed_mark((client.actor_id, queue.epoch, "actor_env")) == 5
+        resend = {"t": "upload", "store": "actor_env", "actor": client.actor_id, "epoch": queue.epoch}
+        reply = client._call({**resend, "first": 4, "released": -1, "items": [transition(4), transition(5)]})
+        assert reply["ok"] and reply["duplicates"] == 2 and ids(store) == [f"a-{i}" for i in range(6)]
+    finally:
+        server.stop()

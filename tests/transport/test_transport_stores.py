@@ -158,3 +158,18 @@ def test_params_slot_swaps_between_inferences():
     thread.join()
     assert not torn
     assert slot.wait_for(lambda v: v >= 49, timeout=1)[0] == 49
+
+
+def test_jax_param_tree_is_cast_on_device_and_arrives_as_numpy():
+    jnp = pytest.importorskip("jax.numpy")
+    params = {"PaliGemma": {"llm": {"layers": {"w": jnp.arange(6000, dtype=jnp.float32).reshape(60, 100)}}}}
+    params["state_proj"] = {"bias": jnp.zeros(3, jnp.int32)}
+    assembler = NetworkAssembler()
+    out = [assembler.feed(m) for m in chunk_messages(params, 1, 1, dtype="bfloat16")][-1][1]
+    w = out["PaliGemma"]["llm"]["layers"]["w"]
+    assert isinstance(w, np.ndarray) and w.dtype == ml_dtypes.bfloat16 and w.shape == (60, 100)
+    np.testing.assert_array_equal(
+        w.astype(np.float32),
+        np.asarray(params["PaliGemma"]["llm"]["layers"]["w"]).astype(ml_dtypes.bfloat16).astype(np.float32),
+    )
+    assert out["state_proj"]["bias"].dtype == np.int32
