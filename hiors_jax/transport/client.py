@@ -25,7 +25,7 @@ from hiors_jax.transport.codec import WireError
 from hiors_jax.transport.config import TrainerConfig
 from hiors_jax.transport.datastore import DataStoreBase, QueuedDataStore, Stream
 from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, MAGIC, AuthError, Envelope, normalize_key
-from hiors_jax.transport.server import WIRES
+from hiors_jax.transport.server import WIRES, set_keepalive
 from hiors_jax.transport.weights import MAX_CHUNK_FRAME_BYTES, NetworkAssembler
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class TrainerClient:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a learner that is not connected
+            set_keepalive(sock)
             sock.setsockopt(zmq.RECONNECT_IVL, int(self.backoff[0] * 1000))
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.backoff[1] * 1000))
             sock.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes, MAX_CHUNK_FRAME_BYTES))
@@ -480,6 +481,7 @@ class TrainerClient:
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        set_keepalive(sub)
         if self.wire == "agentlace":
             sub.setsockopt(zmq.RCVHWM, 3)
             sub.setsockopt(zmq.CONFLATE, 1)

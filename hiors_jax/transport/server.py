@@ -65,6 +65,14 @@ def bind_address(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+def set_keepalive(sock: zmq.Socket) -> None:
+    """Kernel-level liveness: a peer whose host vanished is dropped within about a minute."""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+
+
 def _bind(sock: zmq.Socket, address: str, wait_s: float = 3.0) -> None:
     """Bind, waiting briefly if a socket this process just closed still holds the port (zmq closes async)."""
     deadline = time.monotonic() + wait_s
@@ -112,10 +120,15 @@ class TrainerServer:
         ledger_path: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        pub_hwm: int = 1024,
+        retain_latest_network: bool = True,
         context: zmq.Context | None = None,
     ):
         """ack="insert": an upload is acknowledged (and the actor forgets it) once inserted; "persist": only
-        after `persist()` has saved it with the learner's replay, so a learner crash loses nothing."""
+        after `persist()` has saved it with the learner's replay (and the marks with it), so a learner crash
+        loses nothing. `ledger_path`: a marks file written by `persist()` and loaded here.
+        `retain_latest_network`: keep the newest broadcast (references, no copy) for actors that connect later.
+        """
         if wire not in WIRES:
             raise ValueError(f"wire must be one of {WIRES}, got {wire!r}")
         if ack not in ("insert", "persist"):
@@ -137,6 +150,7 @@ class TrainerServer:
         self.ledger_path = ledger_path
         self.max_message_bytes = max_message_bytes
         self.chunk_bytes = chunk_bytes
+        self.retain_latest_network = retain_latest_network
         self.run_id = new_epoch()
         self._config_json = config.to_json()
         self._envelope = Envelope(key, max_message_bytes=max_message_bytes)
@@ -151,6 +165,8 @@ class TrainerServer:
         self._latest_network: list[dict] = []  # chunks of the newest broadcast, for late joiners
         self._version = 0
         self._stop = threading.Event()
+        self._served = threading.Event()  # set while no serve loop is running
+        self._served.set()
         self._thread: threading.Thread | None = None
         self._limited = _RateLimitedLog()
         self.stats: dict[str, int] = {"rejected_messages": 0, "callback_errors": 0, "rejected_items": 0}
@@ -159,11 +175,20 @@ class TrainerServer:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # libzmq drops a peer sending a bigger frame
+        set_keepalive(self._router)
         _bind(self._router, bind_address(bind_host, config.port_number))
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.setsockopt(zmq.SNDHWM, 0 if wire == "safe" else 3)  # chunks of one version must not be dropped
-        _bind(self._pub, bind_address(bind_host, config.broadcast_port))
+        # Queued chunks pin their (zero-copy) arrays: bound the queue per subscriber (a few PI0 versions at the
+        # default chunk size; agentlace's 3 for its single-frame broadcasts) and let TCP keepalive drop dead
+        # subscribers so their queues are freed.
+        self._pub.setsockopt(zmq.SNDHWM, pub_hwm if wire == "safe" else 3)
+        set_keepalive(self._pub)
+        try:
+            _bind(self._pub, bind_address(bind_host, config.broadcast_port))
+        except zmq.ZMQError:
+            self._router.close(0)
+            raise
 
     # ---- agentlace API -------------------------------------------------------------------------------
     def register_data_store(self, name: str, data_store: DataStoreBase) -> None:
@@ -187,8 +212,11 @@ class TrainerServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self._router.close(0)
-        self._pub.close(0)
+        if not self._served.wait(timeout=5):  # start(threaded=False) runs the loop in the caller's thread
+            log.warning("server loop did not stop within 5 s")
+        with self._pub_lock:
+            self._router.close(0)
+            self._pub.close(0)
 
     def publish_network(self, params: Any, *, version: int | None = None, dtype: Any = None) -> int:
         """Broadcast params (a nested dict of arrays; numpy or jax). Returns the version number sent.
@@ -202,8 +230,9 @@ class TrainerServer:
             messages = chunk_messages(params, self._version, self.run_id, dtype=dtype, chunk_bytes=self.chunk_bytes)
             for msg in messages:
                 self._pub.send_multipart(self._envelope.pack(msg), copy=False)
-            with self._net_lock:
-                self._latest_network = messages
+            if self.retain_latest_network:
+                with self._net_lock:
+                    self._latest_network = messages
             return self._version
 
     def live_actors(self, within_s: float = 10.0) -> list[str]:
@@ -231,6 +260,13 @@ class TrainerServer:
 
     # ---- serving ---------------------------------------------------------------------------------------
     def _serve(self) -> None:
+        self._served.clear()
+        try:
+            self._serve_loop()
+        finally:
+            self._served.set()
+
+    def _serve_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         while not self._stop.is_set():
