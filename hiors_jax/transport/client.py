@@ -222,6 +222,7 @@ class TrainerClient:
                 raise WireError(f"reply id {reply.get('rid')!r} does not match request {rid}")
             self.connected = True
             self._last_ok = time.monotonic()
+            self._note_network(reply)
             run = reply.get("run")
             if self._server_run is not None and run != self._server_run:
                 log.warning("learner restarted (run %s -> %s); re-synchronising uploads", self._server_run, run)
@@ -277,7 +278,7 @@ class TrainerClient:
             self._cursors[(name, stream.epoch)] = accepted + 1
             stream.release(committed)
         self._server_run = reply.get("run")
-        self._pending_network = (reply.get("network_chunks") or 0, reply.get("version"))
+        self._note_network(reply)
         return True
 
     def _all_streams(self) -> list[tuple[str, Stream]]:
@@ -500,13 +501,25 @@ class TrainerClient:
                     if self.wire == "agentlace":
                         self._deliver(legacy.decode(frames[0].buffer, self.max_network_bytes), None)
                     else:
+                        abandoned = self._assembler.abandoned
                         self._feed_network(self._net_envelope.unpack(frames))
+                        if self._assembler.abandoned != abandoned:  # chunks were lost: pull the newest whole
+                            log.warning("an incomplete weight broadcast was dropped; fetching the newest one")
+                            if self._call({"t": "ping", "actor": self.actor_id}) is not None:
+                                self._fetch_latest_network()
                 except WireError as exc:
                     log.warning("rejected a weight broadcast message: %s", exc)
         finally:
             sub.close(0)
 
+    def _note_network(self, reply: dict) -> None:
+        info = reply.get("network")
+        if isinstance(info, list) and len(info) == 2 and isinstance(info[0], int):
+            self._pending_network = (info[0], info[1])
+
     def _fetch_latest_network(self) -> None:
+        """Pull the newest retained broadcast chunk by chunk over request/reply (on connect, and whenever
+        a broadcast arrived incomplete), so weights do not depend on PUB timing or queue limits."""
         count, version = self._pending_network
         if not count or (self.network_version is not None and version <= self.network_version):
             return

@@ -11,8 +11,6 @@ import logging
 import pickle
 from typing import Any
 
-import lz4.frame
-
 from hiors_jax.transport.codec import WireError
 
 log = logging.getLogger(__name__)
@@ -23,26 +21,36 @@ PICKLE_WARNING = (
 )
 
 
+def _lz4_frame() -> Any:
+    try:
+        import lz4.frame
+    except ImportError as exc:  # only wire="agentlace" needs it
+        raise ImportError('wire="agentlace" needs the lz4 package: pip install lz4') from exc
+    return lz4.frame
+
+
 def warn_pickle(role: str) -> None:
+    _lz4_frame()  # fail at construction, not at the first message
     log.warning("%s: %s", role, PICKLE_WARNING)
 
 
 def encode(obj: Any) -> bytes:
-    return lz4.frame.compress(pickle.dumps(obj))
+    return _lz4_frame().compress(pickle.dumps(obj))
 
 
 def decode(frame: bytes | memoryview, max_bytes: int) -> Any:
     if len(frame) > max_bytes:
         raise WireError(f"agentlace frame of {len(frame)} bytes exceeds the limit of {max_bytes}")
+    lz4_frame = _lz4_frame()
     try:
         data = bytes(frame)
-        size = lz4.frame.get_frame_info(data)["content_size"]  # agentlace's frames record it
+        size = lz4_frame.get_frame_info(data)["content_size"]  # agentlace's frames record it
         if size > max_bytes:
             raise WireError(f"agentlace frame expands to {size} bytes, over the limit of {max_bytes}")
         if size:
-            raw = lz4.frame.decompress(data)
+            raw = lz4_frame.decompress(data)
         else:  # size not recorded: expand piecewise and stop at the limit
-            decompressor, parts, total = lz4.frame.LZ4FrameDecompressor(), [], 0
+            decompressor, parts, total = lz4_frame.LZ4FrameDecompressor(), [], 0
             while not decompressor.eof:
                 part = decompressor.decompress(data if not parts else b"", max_length=min(64 << 20, max_bytes + 1))
                 total += len(part)

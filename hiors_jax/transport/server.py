@@ -338,9 +338,10 @@ class TrainerServer:
             return self._upload(msg)
         if kind == "ping":  # heartbeat; with "streams" it also reports their marks
             self._seen(msg.get("actor"))
+            reply = {"ok": True, "network": self._network_info()}
             if "streams" in msg and isinstance(msg.get("actor"), str):
-                return {"ok": True, "marks": self._marks(msg["actor"], msg["streams"])}
-            return {"ok": True}
+                reply["marks"] = self._marks(msg["actor"], msg["streams"])
+            return reply
         if kind == "hello":
             return self._hello(msg)
         if kind == "req":
@@ -363,9 +364,13 @@ class TrainerServer:
             raise WireError("hello needs an actor id string and a list of streams")
         self._seen(actor)
         marks = self._marks(actor, streams)
+        return {"ok": True, "marks": marks, "network": self._network_info()}
+
+    def _network_info(self) -> list:
+        """[chunk count, version] of the newest retained broadcast ([0, None] when there is none)."""
         with self._net_lock:
-            net = len(self._latest_network)
-        return {"ok": True, "marks": marks, "network_chunks": net, "version": self._version if net else None}
+            chunks = self._latest_network
+        return [len(chunks), chunks[0]["v"] if chunks else None]
 
     def _marks(self, actor: str, streams: Any) -> list[list[int]]:
         """[accepted, committed] per [store, epoch, actor_id] row."""

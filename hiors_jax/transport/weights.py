@@ -117,6 +117,7 @@ class NetworkAssembler:
         self._chunks: dict[int, list] = {}
         self._count = 0
         self.completed: tuple[int, int] | None = None  # (publisher, version) last delivered
+        self.abandoned = 0  # incomplete versions dropped (chunks lost to a full queue or a late join)
 
     def feed(self, msg: Any) -> tuple[int, dict] | None:
         if not isinstance(msg, dict) or msg.get("t") != "net":
@@ -129,6 +130,8 @@ class NetworkAssembler:
             return None  # an old or duplicate version
         if key != self._key:
             # A different version started: whatever was incomplete is abandoned (a newer one supersedes it).
+            if self._chunks:
+                self.abandoned += 1
             self._key, self._table, self._chunks, self._count = key, None, {}, n
         if n != self._count:
             raise WireError(f"weight chunk count changed within version {version}")

@@ -384,3 +384,27 @@ def test_ledger_path_dedups_resends_after_a_learner_restart(trainer_config, acto
         assert reply["ok"] and reply["duplicates"] == 2 and ids(store) == [f"a-{i}" for i in range(6)]
     finally:
         server.stop()
+
+
+def test_a_broadcast_with_lost_chunks_is_fetched_whole(learner, actors):
+    from hiors_jax.transport.weights import chunk_messages
+
+    server, _ = learner(auth_key=KEY)
+    slot = ParamsSlot()
+    client = actors({}, auth_key=KEY)
+    client.recv_network_callback(slot.set, with_version=True)
+    time.sleep(0.3)  # SUB connected
+    rng = np.random.default_rng(0)
+    v2 = chunk_messages(
+        {"a": {"w": rng.standard_normal(5000)}, "b": rng.standard_normal(5000)}, 2, server.run_id, chunk_bytes=8000
+    )
+    v3 = chunk_messages(
+        {"a": {"w": rng.standard_normal(5000)}, "b": rng.standard_normal(5000)}, 3, server.run_id, chunk_bytes=8000
+    )
+    assert len(v2) == 2
+    server._latest_network = v2  # what publish_network retains
+    server._pub.send_multipart(server._envelope.pack(v2[0]))  # v2's second chunk is "lost" on PUB
+    server._pub.send_multipart(server._envelope.pack(v3[0]))  # a newer version starts: v2 is abandoned...
+    version, tree = slot.wait_for(lambda v: v >= 2, timeout=10)  # ...and fetched whole over request/reply
+    assert version == 2
+    np.testing.assert_array_equal(tree["b"], v2[1]["pieces"][0][2].view(np.float64))
