@@ -1,10 +1,10 @@
 """Policy queries per second through the whole robot path: sim robot process -> bridge -> websocket -> DobotEnv.
 
-    python benchmarks/sim.py [--seconds 10] [--height 224 --width 298]
+    python benchmarks/sim.py [--seconds 4 --rounds 3] [--height 224 --width 298]
 
 Each query is one env.step: the robot PC side renders the three cameras, sends the observation, gets the
 50x14 chunk and executes it (20 chunk steps = 100 physics control steps while the policy drives; 1 step =
-5 control steps while the scripted human teleoperates). The policy is free (it returns the current state),
+5 control steps while the scripted human teleoperates). The policy is free (it holds the episode's start pose),
 so the figure is the robot layer's own ceiling. Baseline, measured in the same run: the same simulated
 work (render 3 cameras + the control steps) in one process, with no bridge, protocol or websocket.
 """
@@ -57,7 +57,7 @@ class SimOnly:
 
 
 class ThroughTheBridge:
-    """Sim robot in its own process -> bridge -> websocket -> DobotEnv here, with a free policy."""
+    """Sim robot in its own process -> bridge -> websocket -> DobotEnv here, with a free policy (hold the pose)."""
 
     def __init__(self, size: tuple[int, int], teleop: bool):
         self.teleop = teleop
@@ -74,22 +74,28 @@ class ThroughTheBridge:
             )
         )
         cmd = [sys.executable, "-m", "robot.sim.serve", "--task", "easy", "--port", str(self.env.port)]
-        cmd += ["--height", str(size[0]), "--width", str(size[1]), "--horizon", "1e9"]
+        # Episodes of 10 s robot time, as in the baseline; resets are part of the measured path.
+        cmd += ["--height", str(size[0]), "--width", str(size[1]), "--horizon", "10"]
         cmd += ["--patience", "0"] if teleop else ["--no-takeover"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.obs, _ = self.env.reset(seed=0)
+        self._reset()
         for _ in range(3):  # warm-up: connection, first renders
-            self.obs, *_ = self.env.step(np.tile(self.obs["state"], (50, 1)))
+            self.obs, *_ = self.env.step(self.hold)
+
+    def _reset(self) -> None:
+        self.obs, _ = self.env.reset()
+        # Hold the pose the episode started in (commanding the measured state instead would let the arms sag).
+        self.hold = np.tile(self.obs["state"], (50, 1))
 
     def measure(self, seconds: float) -> tuple[float, float]:
         n, recorded, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            self.obs, _, term, trunc, info = self.env.step(np.tile(self.obs["state"], (50, 1)))
+            self.obs, _, term, trunc, info = self.env.step(self.hold)
             assert info["teleop"] == self.teleop, info
             n += 1
             recorded += int(self.obs["state_chunk_mask"].sum())
             if term or trunc:
-                self.obs, _ = self.env.reset()
+                self._reset()
         elapsed = time.perf_counter() - start
         return n / elapsed, recorded / elapsed
 
