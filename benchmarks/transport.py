@@ -213,16 +213,20 @@ def main() -> None:
     parser.add_argument("--per-update", type=int, default=50, help="transitions per update() (an episode)")
     parser.add_argument("--weights-gb", type=float, default=1.0)
     parser.add_argument("--baseline-weights-gb", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=2, help="broadcast runs per variant; the best is shown")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant; the best is shown")
     args = parser.parse_args()
 
     sample = make_transition(np.random.default_rng(0))
     print(f"transition: {transition_bytes(sample) / 1e6:.2f} MB (3 cams 224x298 uint8 for obs and next_obs)")
     print(f"uploads: {args.transitions} transitions, {args.per_update} per update(), learner in another process")
-    base_tps, base_mbs = bench_uploads("agentlace", None, args.transitions, args.per_update)
+
+    def best_uploads(wire: str, key: str | None) -> tuple[float, float]:
+        return max(bench_uploads(wire, key, args.transitions, args.per_update) for _ in range(args.repeats))
+
+    base_tps, base_mbs = best_uploads("agentlace", None)
     print(f"  {'agentlace lz4+pickle (baseline)':32s}: {base_tps:8.1f} transitions/s {base_mbs:8.1f} MB/s")
-    for label, key in (("safe msgpack+raw frames", None), ("safe + HMAC-SHA256", KEY)):
-        tps, mbs = bench_uploads("safe", key, args.transitions, args.per_update)
+    for label, key in (("safe msgpack+raw frames", None), ("safe + MAC (shared key)", KEY)):
+        tps, mbs = best_uploads("safe", key)
         print(f"  {label:32s}: {tps:8.1f} transitions/s {mbs:8.1f} MB/s  ({tps / base_tps:.1f}x baseline)")
 
     print("weight broadcast (bf16, PUB/SUB, receiver in another process, until its callback has the tree):")
@@ -236,7 +240,7 @@ def main() -> None:
         del params
     params = make_params(int(args.weights_gb * 1e9))
     size = tree_bytes(params) / 1e9
-    for label, key in (("safe chunked", None), ("safe chunked + HMAC", KEY)):
+    for label, key in (("safe chunked", None), ("safe chunked + MAC (shared key)", KEY)):
         seconds, rss = best_broadcast("safe", key, params, args.repeats)
         report(label, size, seconds, rss, baseline)
 
