@@ -1,10 +1,10 @@
 """Safe wire codec: msgpack for structure, numpy arrays as raw out-of-band buffers (no pickle).
 
-`encode(obj)` returns a msgpack header and a list of buffers. Large arrays (>= ZERO_COPY_BYTES) are passed
-as memoryviews of their own memory (no copy), so ZeroMQ sends them zero-copy as extra frames; medium arrays
-are packed into shared frames of about PACK_BYTES (per-frame costs in ZeroMQ dominate below about 1 MB:
-on loopback 200 KB zero-copy frames move at a fraction of the speed of 4 MB frames); tiny ones sit in the
-header. `decode` rebuilds arrays with `np.frombuffer` over the received frames (no copy; read-only arrays).
+`encode(obj)` returns a msgpack header and a list of buffers. Arrays of at least ZERO_COPY_BYTES (64 KiB,
+pyzmq's own copy threshold; camera images, weights) are passed as memoryviews of their own memory, so ZeroMQ
+sends them zero-copy as extra frames; smaller arrays are packed into shared frames (a frame each would cost
+more than the copy); tiny ones sit in the header. `decode` rebuilds arrays with `np.frombuffer` over the
+received frames (no copy; the arrays are read-only views).
 
 Supported values: dict (str/int keys), list, tuple, str, bytes, int, float, bool, None, numpy arrays and
 scalars of numeric / bool / fixed-width string dtypes, ml_dtypes (bfloat16, float8 ...), and anything with
@@ -29,7 +29,7 @@ EXT_TUPLE = 4  # packed list, decoded as a tuple
 
 # Arrays smaller than this travel inside the header: a separate frame costs more than the copy.
 INLINE_LIMIT_BYTES = 4096
-ZERO_COPY_BYTES = 1 << 20  # arrays at least this large get their own zero-copy frame
+ZERO_COPY_BYTES = 64 << 10  # arrays at least this large get their own zero-copy frame
 PACK_BYTES = 4 << 20  # medium arrays are copied into shared frames of about this size
 _ALIGN = 64
 
