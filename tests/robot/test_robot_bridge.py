@@ -145,3 +145,37 @@ def test_reset_reply_resets_the_robot_and_clears_records():
     bridge.handle_reply({"actions": ramp_chunk(), "reset": True, "seed": 7})
     assert io.resets == [7] and io.ticks == 0
     assert bridge.observation()["state_chunk"] == []
+
+
+def test_bridge_with_a_wrong_api_key_stops_with_a_clear_error():
+    from robot.dobot.env import DobotEnv, DobotEnvConfig
+
+    env = DobotEnv(DobotEnvConfig(host="127.0.0.1", port=0, api_key="right", robot_timeout_s=5))
+    try:
+        bridge = Bridge(FakeIO(), BridgeConfig(uri=f"ws://127.0.0.1:{env.port}", api_key="wrong"))
+        with pytest.raises(PermissionError, match="refused our API key"):
+            bridge.run(max_queries=1)
+    finally:
+        env.close()
+
+
+def test_bridge_drives_a_real_env_session():
+    import concurrent.futures
+
+    from robot.dobot.env import DobotEnv, DobotEnvConfig
+
+    env = DobotEnv(DobotEnvConfig(host="127.0.0.1", port=0, image_size=(8, 10), api_key="k", robot_timeout_s=10))
+    io = FakeIO()
+    bridge = Bridge(io, BridgeConfig(uri=f"ws://127.0.0.1:{env.port}", api_key="k"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        robot = pool.submit(bridge.run)
+        try:
+            obs, _ = env.reset(seed=11)
+            obs, *_ = env.step(ramp_chunk())
+        finally:
+            bridge.stop_event.set()
+            env.close()  # unblocks the bridge's pending receive
+        robot.result(timeout=10)
+    assert io.resets == [11] and io.ticks == 100
+    np.testing.assert_allclose(obs["state"], ramp_chunk()[19], atol=1e-6)
+    assert obs["state_chunk_mask"].sum() == 20 and obs["images"]["cam_high"].shape == (8, 10, 3)  # resized
