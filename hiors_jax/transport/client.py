@@ -123,7 +123,8 @@ class TrainerClient:
                 break
             if not wait_for_server:
                 self._close_socket()
-                raise ConnectionError(f"Failed to connect to server at {self.server_ip}:{config.port_number}")
+                hint = "" if wire == "agentlace" else ' (if the learner runs agentlace itself, pass wire="agentlace")'
+                raise ConnectionError(f"Failed to connect to server at {self.server_ip}:{config.port_number}{hint}")
             log.warning("Failed to connect to server at %s:%d, retrying...", self.server_ip, config.port_number)
             time.sleep(2.0)
         self.update()

@@ -31,10 +31,18 @@ MAC_BYTES = NONCE_BYTES + 16
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_MAX_FRAMES = 1 << 16
 _KEY_LABEL = b"hiors-transport/poly1305-key/"
+_LZ4_MAGIC = b"\x04\x22\x4d\x18"
+_AGENTLACE_HINT = ' (this looks like an agentlace peer: use wire="agentlace" on both ends)'
 
 
 class AuthError(WireError):
     """The message's MAC is missing or wrong: the peer does not hold our key."""
+
+
+def is_agentlace_frame(frame: Any) -> bool:
+    """agentlace messages are single LZ4 frames, which start with the LZ4 frame magic number."""
+    data = frame.buffer if hasattr(frame, "buffer") else frame
+    return bytes(data[:4]) == _LZ4_MAGIC
 
 
 def normalize_key(key: bytes | str | None) -> bytes | None:
@@ -97,7 +105,12 @@ class Envelope:
     def unpack(self, frames: Sequence[Any]) -> Any:
         """Frames are bytes, memoryviews or zmq.Frame objects (their .buffer is used without a copy)."""
         if len(frames) < 3:
-            raise WireError(f"message has {len(frames)} frame(s); expected tag, mac and header")
+            hint = (
+                ' (an agentlace peer: use wire="agentlace" on both ends)'
+                if frames and is_agentlace_frame(frames[0])
+                else ""
+            )
+            raise WireError(f"message has {len(frames)} frame(s); expected tag, mac and header{hint}")
         if len(frames) > self.max_frames:
             raise WireError(f"message has {len(frames)} frames, limit is {self.max_frames}")
         views = [f.buffer if hasattr(f, "buffer") else memoryview(f) for f in frames]
@@ -105,7 +118,8 @@ class Envelope:
         if total > self.max_message_bytes:
             raise WireError(f"message of {total} bytes exceeds the limit of {self.max_message_bytes}")
         if bytes(views[0]) != MAGIC:
-            raise WireError(f"unknown protocol tag {bytes(views[0][:16])!r} (expected {MAGIC!r})")
+            hint = _AGENTLACE_HINT if is_agentlace_frame(views[0]) else ""
+            raise WireError(f"unknown protocol tag {bytes(views[0][:16])!r}, expected {MAGIC!r}{hint}")
         body = views[2:]
         if self.key is not None:
             verify(self.key, bytes(views[1]), body)

@@ -230,3 +230,17 @@ def agentlace_server():
     yield actor
     actor.close()
     server.stop()
+
+
+def test_safe_server_names_an_agentlace_peer_in_its_rejection(trainer_config, caplog):
+    server = TrainerServer(trainer_config)
+    server.start(threaded=True)
+    actor = AgentlaceStyleActor(trainer_config, zmq.Context.instance())
+    try:
+        actor.req.send(enc({"type": "hash"}))
+        assert actor.req.poll(3000)
+        actor.req.recv_multipart()
+        assert server.stats["rejected_messages"] == 1 and 'wire="agentlace"' in caplog.text
+    finally:
+        actor.close()
+        server.stop()
