@@ -393,20 +393,29 @@ class TrainerClient:
             first = stream.first_seq if stream is not None else 0
             self._legacy_offsets[name] = max(0, cursor + 1 - first)
         offset = self._legacy_offsets[name]
-        batch = store.get_latest_data(cursor - offset)
-        if not batch:
-            return True
-        last_local = store.latest_data_id()
-        msg = {"type": "datastore", "store_name": name, "payload": {"data": batch, "last_id": last_local + offset}}
-        reply = self._legacy_call(msg)
-        if not (isinstance(reply, dict) and reply.get("success")):
-            if reply is not None:
-                log.error("agentlace server refused data for %r: %s", name, reply.get("message"))
-            return False
-        if stream is not None:
-            stream.release(last_local)
-        self.stats["uploaded_items"] += len(batch)
-        return True
+        next_local = cursor - offset + 1
+        while True:
+            if stream is not None:
+                # bounded messages, and last_id taken from what is actually sent (agentlace reads
+                # latest_data_id() after collecting the batch, so an insert in between is skipped for good)
+                first, batch = stream.pending(next_local, self.max_upload_items, self.max_upload_bytes)
+                last_local = first + len(batch) - 1
+            else:
+                batch, last_local = store.get_latest_data(next_local - 1), store.latest_data_id()
+            if not batch:
+                return True
+            payload = {"data": batch, "last_id": last_local + offset}
+            reply = self._legacy_call({"type": "datastore", "store_name": name, "payload": payload})
+            if not (isinstance(reply, dict) and reply.get("success")):
+                if reply is not None:
+                    log.error("agentlace server refused data for %r: %s", name, reply.get("message"))
+                return False
+            if stream is not None:
+                stream.release(last_local)
+            self.stats["uploaded_items"] += len(batch)
+            if stream is None:
+                return True
+            next_local = last_local + 1
 
     def request(self, request_type: str, payload: Any) -> Any:
         """Call the learner's request callback. None when the type is not configured or the learner is away."""

@@ -160,7 +160,13 @@ def test_our_client_talks_to_an_agentlace_learner(trainer_config):
     queue = QueuedDataStore(100)
     received = []
     client = TrainerClient(
-        "actor_env", "localhost", trainer_config, data_stores={"actor_env": queue}, wire="agentlace", timeout_ms=3000
+        "actor_env",
+        "localhost",
+        trainer_config,
+        data_stores={"actor_env": queue},
+        wire="agentlace",
+        timeout_ms=3000,
+        max_upload_items=2,  # several datastore messages, each with its own last_id
     )
     try:
         client.recv_network_callback(received.append)
@@ -169,6 +175,7 @@ def test_our_client_talks_to_an_agentlace_learner(trainer_config):
         assert client.update()
         # agentlace's own client would skip these 5 (ids 0..4 <= cursor 41); ours shifts them past the cursor
         assert [d["i"] for d in learner.inserted] == [0, 1, 2, 3, 4] and learner.cursor["actor_env"] == 46
+        assert len(queue) == 0  # the learner confirmed each message
         queue.insert({"i": 5, "img": np.zeros((4, 4, 3), np.uint8)})
         assert client.update() and [d["i"] for d in learner.inserted][-1] == 5
         assert client.update() and len(learner.inserted) == 6
