@@ -128,8 +128,7 @@ class TrainerClient:
             log.warning("Failed to connect to server at %s:%d, retrying...", self.server_ip, config.port_number)
             time.sleep(2.0)
         self.update()
-        if wire == "safe":
-            self._spawn(self._link_loop, "hiors-client-link")
+        self._spawn(self._link_loop, "hiors-client-link")
 
     # ---- socket plumbing -----------------------------------------------------------------------------
     def _new_socket(self) -> None:
@@ -471,10 +470,16 @@ class TrainerClient:
         self._threads.append(thread)
 
     def _link_loop(self) -> None:
-        """Heartbeats while idle; after a failure, retries with exponential backoff and re-handshakes."""
+        """Heartbeats while idle; after a failure, retries with exponential backoff and re-handshakes. Also
+        uploads on its own while an `insert` is blocked on a full store: the thread that would call update()
+        may be the one waiting (hil-serl calls update() from its env loop)."""
         delay = self.backoff[0]
         while not self._stop.wait(delay if not self.connected else self.heartbeat_interval / 2):
-            if self.connected and time.monotonic() - self._last_ok < self.heartbeat_interval:
+            if self._inserts_blocked():
+                ok = self._try_update()
+                delay = self.backoff[0] if ok else min(delay * 2, self.backoff[1])
+                continue
+            if self.wire != "safe" or (self.connected and time.monotonic() - self._last_ok < self.heartbeat_interval):
                 continue
             try:
                 reply = self._call({"t": "ping", "actor": self.actor_id})
@@ -487,6 +492,15 @@ class TrainerClient:
                 log.error("heartbeat failed: %s", exc)
                 reply = None
             delay = self.backoff[0] if reply is not None else min(delay * 2, self.backoff[1])
+
+    def _inserts_blocked(self) -> bool:
+        return any(getattr(store, "blocked_inserts", 0) for store in self.data_stores.values())
+
+    def _try_update(self) -> bool:
+        if not self._update_lock.acquire(blocking=False):
+            return True  # an update is already running
+        self._update_lock.release()
+        return self.update()
 
     def _network_loop(self) -> None:
         sub = self._ctx.socket(zmq.SUB)

@@ -291,6 +291,7 @@ class QueuedDataStore(DataStoreBase):
         self.overflow = overflow
         self.insert_timeout = insert_timeout
         self.dropped = 0
+        self.blocked_inserts = 0
         self._cond = threading.Condition(threading.RLock())
         self._streams: list[Stream] = []
         self.spill_dir = Path(spill_dir) if spill_dir is not None else None
@@ -339,7 +340,11 @@ class QueuedDataStore(DataStoreBase):
                             f"QueuedDataStore full: {len(self)} items not yet acknowledged by the learner "
                             f"(capacity {self.capacity}); is the learner reachable?"
                         )
-                    self._cond.wait(timeout=remaining if remaining is not None else 1.0)
+                    self.blocked_inserts += 1  # lets the client's link thread upload on our behalf
+                    try:
+                        self._cond.wait(timeout=remaining if remaining is not None else 1.0)
+                    finally:
+                        self.blocked_inserts -= 1
             else:
                 while len(self) >= self.capacity:
                     oldest = next(s for s in self._streams if len(s))

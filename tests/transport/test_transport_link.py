@@ -315,12 +315,16 @@ def test_weights_broadcast_versions_chunks_and_late_joiners(trainer_config, lear
     client.recv_network_callback(slot.set, with_version=True)
     version, tree = slot.wait_for(lambda v: v >= v1, timeout=10)  # fetched on connect, not via PUB timing
     assert tree["PaliGemma"]["llm"]["layers"]["w"].dtype.name == "bfloat16"
+    in_use = tree["PaliGemma"]["llm"]["layers"]["w"].astype(np.float32)  # an inference holding v1
+    tree_v1 = tree
     time.sleep(0.3)  # SUB connected
     params2 = {"PaliGemma": {"llm": {"layers": {"w": np.ones((300, 100), np.float32)}}}}
     v2 = server.publish_network(params2)
     version, tree = slot.wait_for(lambda v: v >= v2, timeout=10)
     np.testing.assert_array_equal(tree["PaliGemma"]["llm"]["layers"]["w"], params2["PaliGemma"]["llm"]["layers"]["w"])
     assert client.network_version == v2
+    # the tree an inference already holds is never modified by a later broadcast
+    np.testing.assert_array_equal(tree_v1["PaliGemma"]["llm"]["layers"]["w"].astype(np.float32), in_use)
 
 
 def test_unencodable_callback_reply_is_reported_not_fatal(learner, actors):
@@ -408,3 +412,14 @@ def test_a_broadcast_with_lost_chunks_is_fetched_whole(learner, actors):
     version, tree = slot.wait_for(lambda v: v >= 2, timeout=10)  # ...and fetched whole over request/reply
     assert version == 2
     np.testing.assert_array_equal(tree["b"], v2[1]["pieces"][0][2].view(np.float64))
+
+
+def test_a_full_store_is_drained_even_when_the_inserting_thread_is_the_uploader(learner, actors):
+    """hil-serl calls update() from the env loop; if insert() blocks there, the link thread must upload."""
+    _, store = learner()
+    queue = QueuedDataStore(3, insert_timeout=10)
+    actors({"actor_env": queue}, heartbeat_interval=0.2)
+    for i in range(10):  # never calls update(): only the background link can free room
+        queue.insert(transition(i))
+    assert eventually(lambda: len(store) >= 7)
+    assert ids(store)[:7] == [f"a-{i}" for i in range(7)]
