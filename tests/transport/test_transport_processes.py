@@ -25,11 +25,14 @@ class Peers:
         self.port, self.bport = free_ports(2)
         self.state = tmp_path / "learner_state.json"
         self.procs: list[subprocess.Popen] = []
+        self.logs_open: list = []
 
     def spawn(self, *args: str) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
         cmd = [sys.executable, str(PEER), *args, "--port", str(self.port), "--bport", str(self.bport)]
-        proc = subprocess.Popen(cmd, env=env, stderr=open(self.tmp / f"peer{len(self.procs)}.log", "w"))  # noqa: SIM115
+        log = open(self.tmp / f"peer{len(self.procs)}.log", "w")  # noqa: SIM115 (closed in cleanup)
+        self.logs_open.append(log)
+        proc = subprocess.Popen(cmd, env=env, stderr=log)
         self.procs.append(proc)
         return proc
 
@@ -62,6 +65,8 @@ class Peers:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
+        for log in self.logs_open:
+            log.close()
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
