@@ -430,7 +430,9 @@ class TrainerServer:
         if inserted and self.data_callback is not None:
             payload = {"data": inserted, "last_id": accepted, "actor_id": actor, "epoch": epoch}
             self._call_safely(self.data_callback, store_name, payload)
-        return {"ok": True, "accepted": accepted, "committed": committed, "rejected": rejected, "duplicates": skip}
+        reply = {"ok": True, "accepted": accepted, "committed": committed, "rejected": rejected}
+        reply["duplicates"] = min(skip, len(items))
+        return reply
 
     def _request(self, kind: Any, payload: Any) -> dict:
         if not isinstance(kind, str) or kind not in self.config.request_types:
