@@ -429,7 +429,7 @@ class TrainerClient:
             self._last_request_time = now
         if self.wire == "agentlace":
             return self._legacy_call({"type": request_type, "payload": payload})
-        reply = self._call({"t": "req", "type": request_type, "payload": payload})
+        reply = self._call({"t": "req", "type": request_type, "payload": payload, "actor": self.actor_id})
         if reply is None:
             return None
         if not reply.get("ok"):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
@@ -164,6 +166,9 @@ class TrainerServer:
         self._net_lock = threading.Lock()
         self._latest_network: list[dict] = []  # chunks of the newest broadcast, for late joiners
         self._version = 0
+        self._request_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hiors-trainer-requests")
+        self._deferred: queue.SimpleQueue = queue.SimpleQueue()  # (identity, reply frames) from the worker
+        self._requests_in_flight = 0
         self._stop = threading.Event()
         self._served = threading.Event()  # set while no serve loop is running
         self._served.set()
@@ -214,6 +219,7 @@ class TrainerServer:
             self._thread.join(timeout=5)
         if not self._served.wait(timeout=5):  # start(threaded=False) runs the loop in the caller's thread
             log.warning("server loop did not stop within 5 s")
+        self._request_worker.shutdown(wait=False, cancel_futures=True)
         with self._pub_lock:
             self._router.close(0)
             self._pub.close(0)
@@ -271,7 +277,8 @@ class TrainerServer:
         poller.register(self._router, zmq.POLLIN)
         while not self._stop.is_set():
             try:
-                if not poller.poll(100):
+                self._send_deferred_replies()
+                if not poller.poll(5 if self._requests_in_flight else 100):
                     continue
                 frames = self._router.recv_multipart(copy=False)
             except zmq.ZMQError as exc:
@@ -293,14 +300,38 @@ class TrainerServer:
         if self.wire == "agentlace":
             reply = [self._handle_legacy(body)]
         else:
-            reply = self._handle_safe(body)
-        self._router.send_multipart([identity, b"", *reply], copy=False)
+            reply = self._handle_safe(body, identity)
+        if reply is not None:
+            self._router.send_multipart([identity, b"", *reply], copy=False)
+
+    def _defer_request(self, identity: bytes, msg: dict) -> None:
+        """Run the request callback (wandb logging and the like) on a worker so uploads are not held up."""
+
+        def run() -> None:
+            reply = self._request(msg.get("type"), msg.get("payload"))
+            reply.update(run=self.run_id, rid=msg.get("rid"))
+            try:
+                frames = self._envelope.pack(reply)
+            except WireError as exc:
+                error = f"reply could not be encoded: {exc}"
+                log.error("request %r: %s", msg.get("type"), error)
+                frames = self._envelope.pack({"ok": False, "error": error, "run": self.run_id, "rid": msg.get("rid")})
+            self._deferred.put((identity, frames))
+
+        self._requests_in_flight += 1
+        self._request_worker.submit(run)
+
+    def _send_deferred_replies(self) -> None:
+        while not self._deferred.empty():
+            identity, frames = self._deferred.get_nowait()
+            self._requests_in_flight -= 1
+            self._router.send_multipart([identity, b"", *frames], copy=False)
 
     def _reject(self, reason: str, detail: str) -> None:
         self.stats["rejected_messages"] += 1
         self._limited.warning(reason, "rejected message: %s", detail)
 
-    def _handle_safe(self, body: list) -> list:
+    def _handle_safe(self, body: list, identity: bytes) -> list | None:
         try:
             msg = self._envelope.unpack(body)
         except AuthError as exc:
@@ -312,6 +343,10 @@ class TrainerServer:
         try:
             if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
                 raise WireError("message is not a dict with a string 't' field")
+            if msg["t"] == "req" and self.request_callback is not None:
+                self._seen(msg.get("actor"))
+                self._defer_request(identity, msg)
+                return None
             reply = self._dispatch(msg)
         except WireError as exc:
             self._reject("invalid", str(exc))

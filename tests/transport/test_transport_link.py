@@ -423,3 +423,26 @@ def test_a_full_store_is_drained_even_when_the_inserting_thread_is_the_uploader(
         queue.insert(transition(i))
     assert eventually(lambda: len(store) >= 7)
     assert ids(store)[:7] == [f"a-{i}" for i in range(7)]
+
+
+def test_a_slow_request_callback_does_not_hold_up_uploads(learner, actors):
+    import threading
+
+    released = threading.Event()
+
+    def slow_stats(kind, payload):  # e.g. a wandb log that stalls
+        assert released.wait(10)
+        return {"logged": payload}
+
+    _, store = learner(request_callback=slow_stats)
+    a, queue_b = actors({}), QueuedDataStore(10)
+    b = actors({"actor_env": queue_b})
+    replies = []
+    requester = threading.Thread(target=lambda: replies.append(a.request("send-stats", {"ep": 1})))
+    requester.start()
+    time.sleep(0.2)  # the request is now inside the callback
+    queue_b.insert(transition(0, "b"))
+    assert b.update() and ids(store) == ["b-0"]  # served while the callback is still running
+    released.set()
+    requester.join(timeout=5)
+    assert replies == [{"logged": {"ep": 1}}]
