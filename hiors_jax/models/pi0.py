@@ -42,9 +42,21 @@ class Observation:
 
     @classmethod
     def from_dict(cls, data: dict) -> Observation:
+        """From our dict (`images`, `image_masks`, ...) or openpi's (`image`, `image_mask`, ...).
+
+        As openpi's `Observation.from_dict` does, uint8 images are converted to float32 in [-1, 1].
+        """
+        images = data["images"] if "images" in data else data["image"]
+        masks = data.get("image_masks", data.get("image_mask", {}))
+
+        def to_model(img):
+            if jnp.result_type(img) == jnp.uint8:
+                return jnp.asarray(img, jnp.float32) / 255.0 * 2.0 - 1.0
+            return img
+
         return cls(
-            images=dict(data["images"]),
-            image_masks=dict(data.get("image_masks", {})),
+            images={k: to_model(v) for k, v in images.items()},
+            image_masks=dict(masks),
             state=data["state"],
             tokenized_prompt=data.get("tokenized_prompt"),
             tokenized_prompt_mask=data.get("tokenized_prompt_mask"),

@@ -98,3 +98,20 @@ def test_saved_tiny_checkpoint_round_trips(tmp_path, params):
         pi0.sample_actions(config, loaded, obs, _noise(1), num_steps=2),
         pi0.sample_actions(CFG, params, obs, _noise(1), num_steps=2),
     )
+
+
+def test_from_dict_accepts_openpi_keys_and_uint8(params):
+    obs = random_observation(CFG, batch=1)
+    u8 = {k: np.round((v + 1) * 127.5).astype(np.uint8) for k, v in obs.images.items()}
+    converted = pi0.Observation.from_dict(
+        {
+            "image": u8,
+            "image_mask": obs.image_masks,
+            "state": obs.state,
+            "tokenized_prompt": obs.tokenized_prompt,
+            "tokenized_prompt_mask": obs.tokenized_prompt_mask,
+        }
+    )
+    for k, v in u8.items():
+        np.testing.assert_allclose(converted.images[k], v / 255.0 * 2 - 1, atol=1e-6)
+    assert pi0.sample_actions(CFG, params, converted, _noise(1), num_steps=1).shape == (1, 4, 32)
