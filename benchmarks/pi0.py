@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from hiors_jax.models import config as model_config
-from hiors_jax.models import pi0
+from hiors_jax.models import pi0, weights
 
 
 def _observation(config, batch, rng):
@@ -137,7 +137,7 @@ def main(argv=None):
     print(f"device: {dev.platform} {getattr(dev, 'device_kind', '')}; jax {jax.__version__}; preset {args.preset}")
     # Inference weights in the compute dtype, as openpi's policy server restores them.
     params = jax.jit(pi0.init_params, static_argnums=(0, 2))(config, jax.random.key(0), config.compute_dtype)
-    print(f"parameters: {pi0.count_params(params):,}")
+    print(f"parameters: {weights.count_params(params):,}")
     bench_latency(config, params, args.steps, args.repeats, rng)
     del params
     if not args.skip_train:

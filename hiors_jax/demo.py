@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     params = jax.jit(pi0.init_params, static_argnums=0)(config, jax.random.key(0))
     jax.block_until_ready(params)
-    print(f"built {pi0.count_params(params):,} parameters in {time.perf_counter() - t0:.2f}s")
+    print(f"built {weights.count_params(params):,} parameters in {time.perf_counter() - t0:.2f}s")
 
     states = rng.normal(size=(1000, ROBOT_DIM)) * 0.3
     q01, q99 = np.quantile(states, [0.01, 0.99], axis=0)
@@ -71,7 +71,8 @@ def main(argv=None) -> None:
         ckpt / "params", max_token_len=config.max_token_len, compute_dtype=config.dtype
     )
     norm = preprocessing.load_norm_stats(ckpt / "assets" / "xtrainer")
-    print(f"reloaded {pi0.count_params(params):,} parameters (pi05={config.pi05}) in {time.perf_counter() - t0:.2f}s")
+    elapsed = time.perf_counter() - t0
+    print(f"reloaded {weights.count_params(params):,} parameters (pi05={config.pi05}) in {elapsed:.2f}s")
 
     if args.tokenizer is None:
         args.tokenizer = tokenizer.train_tiny_tokenizer(

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiors_jax.models import gemma, siglip
+from hiors_jax.models import gemma, siglip, weights
 from hiors_jax.models.config import GemmaConfig, Pi0Config, SiglipConfig
 from hiors_jax.models.init import lecun_normal
 
@@ -404,19 +404,8 @@ def param_shapes(config: Pi0Config) -> dict:
     return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
-def count_params(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def _flat_shapes(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flat_shapes(v, path))
-        else:
-            out[path] = tuple(v.shape)
-    return out
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {path: tuple(leaf.shape) for path, leaf in weights.flatten_params(tree).items()}
 
 
 def _shape_at(flat: dict, path: str) -> tuple[int, ...]:
@@ -486,8 +475,6 @@ def load_openpi_params(path, *, dtype=None, **overrides) -> tuple[Pi0Config, dic
     dtype is the parameters' dtype (float32 only if every leaf is float32) unless `compute_dtype=` is given.
     Other overrides (`action_horizon`, `max_token_len`, `remat`) go to the config.
     """
-    from hiors_jax.models import weights  # local import: weights pulls in orbax, which the model math does not need
-
     path = pathlib.Path(path)
     if not (path / "_METADATA").exists() and (path / "params" / "_METADATA").exists():
         path = path / "params"  # an openpi step directory (params/ + assets/), as create_trained_policy takes

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from hiors_jax.models import config as model_config
-from hiors_jax.models import pi0
+from hiors_jax.models import pi0, weights
 
 pytestmark = pytest.mark.gpu
 
@@ -35,7 +35,7 @@ def _obs(config, batch):
 def test_real_pi0_bf16_sampling(gpu):
     config = model_config.pi0_config(dtype="bfloat16")
     params = jax.jit(pi0.init_params, static_argnums=(0, 2))(config, jax.random.key(0), jnp.bfloat16)
-    assert pi0.count_params(params) == 3_238_048_528
+    assert weights.count_params(params) == 3_238_048_528
     noise = jax.random.normal(jax.random.key(1), (1, 50, 32))
     actions = pi0.sample_actions(config, params, _obs(config, 1), noise, num_steps=10)
     assert actions.shape == (1, 50, 32) and actions.dtype == jnp.float32

@@ -7,7 +7,7 @@ import pytest
 from pi0_test_helpers import random_observation, random_params, take
 
 from hiors_jax.models import config as model_config
-from hiors_jax.models import gemma, pi0
+from hiors_jax.models import gemma, pi0, weights
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["pi0", "pi05"])
@@ -166,8 +166,8 @@ def test_remat_and_bf16_compute(model):
 
 def test_real_presets_have_openpi_parameter_counts():
     # Shapes only (jax.eval_shape): no memory for 3.2e9 parameters.
-    assert pi0.count_params(pi0.param_shapes(model_config.pi0_config())) == 3_238_048_528
-    pi05_count = pi0.count_params(pi0.param_shapes(model_config.pi05_config()))
+    assert weights.count_params(pi0.param_shapes(model_config.pi0_config())) == 3_238_048_528
+    pi05_count = weights.count_params(pi0.param_shapes(model_config.pi05_config()))
     assert abs(pi05_count - 3.353e9) < 1e6
     shapes = pi0.param_shapes(model_config.pi0_config())
     assert shapes["PaliGemma"]["llm"]["layers"]["attn"]["kv_einsum"]["w"].shape == (18, 2, 1, 2048, 256)
