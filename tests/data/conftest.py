@@ -92,11 +92,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="session")
-def lerobot_fixtures(shared_fixtures) -> pathlib.Path:
-    path = shared_fixtures / "lerobot"
-    if not path.is_dir():
-        pytest.skip(f"lerobot fixtures not found at {path}")
-    return path
+def lerobot_fixtures(require_fixture) -> pathlib.Path:
+    return require_fixture("lerobot")
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,8 @@ FIXTURES = ["openpi_pi0_tiny", "openpi_pi05_tiny"]
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
-def fixture_dir(request, shared_fixtures):
-    path = shared_fixtures / request.param
-    if not path.is_dir():
-        pytest.skip(f"{path} absent")
-    return path
+def fixture_dir(request, require_fixture):
+    return require_fixture(request.param)
 
 
 def _observation(io, keys):
