@@ -332,8 +332,8 @@ class TrainerClient:
         with self._sock_lock:
             while True:
                 while len(inflight) < self.upload_window:
-                    first, items = stream.pending(next_seq, self.max_upload_items, self.max_upload_bytes)
-                    if not items:
+                    first, items, skipped = stream.pending(next_seq, self.max_upload_items, self.max_upload_bytes)
+                    if not items and not skipped:
                         break
                     msg = {
                         "t": "upload",
@@ -344,11 +344,13 @@ class TrainerClient:
                         "released": stream.first_seq - 1,
                         "items": items,
                     }
+                    if skipped:  # ids whose journal records were corrupt (quarantined): the learner passes them
+                        msg["skipped"] = skipped
                     rid = self._send(msg)
                     if rid is None:
                         return "failed"
                     inflight.append(rid)
-                    next_seq = first + len(items)
+                    next_seq = first + len(items) + len(skipped)
                 if not inflight:
                     return "done"
                 reply = self._receive(inflight.popleft())
@@ -397,11 +399,11 @@ class TrainerClient:
             if stream is not None:
                 # bounded messages, and last_id taken from what is actually sent (agentlace reads
                 # latest_data_id() after collecting the batch, so an insert in between is skipped for good)
-                first, batch = stream.pending(next_local, self.max_upload_items, self.max_upload_bytes)
-                last_local = first + len(batch) - 1
+                first, batch, skipped = stream.pending(next_local, self.max_upload_items, self.max_upload_bytes)
+                last_local = first + len(batch) + len(skipped) - 1
             else:
-                batch, last_local = store.get_latest_data(next_local - 1), store.latest_data_id()
-            if not batch:
+                batch, skipped, last_local = store.get_latest_data(next_local - 1), [], store.latest_data_id()
+            if not batch and not skipped:
                 return True
             payload = {"data": batch, "last_id": last_local + offset}
             reply = self._legacy_call({"type": "datastore", "store_name": name, "payload": payload})

@@ -174,7 +174,12 @@ class TrainerServer:
         self._served.set()
         self._thread: threading.Thread | None = None
         self._limited = _RateLimitedLog()
-        self.stats: dict[str, int] = {"rejected_messages": 0, "callback_errors": 0, "rejected_items": 0}
+        self.stats: dict[str, int] = {
+            "rejected_messages": 0,
+            "callback_errors": 0,
+            "rejected_items": 0,
+            "skipped_items": 0,
+        }
         self.actors: dict[str, dict[str, Any]] = {}
         self._ctx = context or zmq.Context.instance()
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -428,6 +433,14 @@ class TrainerServer:
             raise WireError("upload needs integer epoch, first and released fields")
         if not isinstance(items, list):
             raise WireError("upload items must be a list")
+        skipped = msg.get("skipped", [])
+        count = len(items) + (len(skipped) if isinstance(skipped, list) else 0)
+        if not (
+            isinstance(skipped, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and first <= s < first + count for s in skipped)
+            and len(set(skipped)) == len(skipped)
+        ):
+            raise WireError("upload 'skipped' must list distinct ids within the upload's range")
         if store_name not in self._stores:
             return {"ok": False, "error": f"Invalid datastore name {store_name!r}"}
         self._seen(actor)
@@ -445,18 +458,33 @@ class TrainerServer:
                     actor, store_name, epoch, mark + 1, first - 1,
                 )  # fmt: skip
             skip = max(0, mark + 1 - first)
-            fresh = items[skip:]
+            missing = set(skipped)
+            pending = iter(items)
             inserted = []
-            for offset, item in enumerate(fresh):
-                seq = first + skip + offset
-                try:
-                    store.insert(item)
-                    inserted.append(item)
-                except Exception as exc:
-                    # A poison item must not stall the stream: refuse it loudly on both ends and go on.
-                    self.stats["rejected_items"] += 1
-                    log.exception("store %r rejected item %d from actor %s", store_name, seq, actor)
-                    rejected.append([seq, f"{type(exc).__name__}: {exc}"])
+            for seq in range(first, first + count):
+                item = None if seq in missing else next(pending)
+                if seq <= mark:
+                    continue  # a duplicate: inserted before
+                if seq in missing:
+                    # The actor's journal record was corrupt (quarantined there, with file and offset).
+                    self.stats["skipped_items"] += 1
+                    log.error(
+                        "actor %s store %s epoch %d: item %d was lost to a corrupt journal record on the "
+                        "actor (quarantined there); the stream continues",
+                        actor,
+                        store_name,
+                        epoch,
+                        seq,
+                    )
+                else:
+                    try:
+                        store.insert(item)
+                        inserted.append(item)
+                    except Exception as exc:
+                        # A poison item must not stall the stream: refuse it loudly on both ends and go on.
+                        self.stats["rejected_items"] += 1
+                        log.exception("store %r rejected item %d from actor %s", store_name, seq, actor)
+                        rejected.append([seq, f"{type(exc).__name__}: {exc}"])
                 self.ledger.advance(key, seq, commit=self.ack == "insert")
             info = self.actors[actor]
             info["items"] += len(inserted)
@@ -466,7 +494,7 @@ class TrainerServer:
             payload = {"data": inserted, "last_id": accepted, "actor_id": actor, "epoch": epoch}
             self._call_safely(self.data_callback, store_name, payload)
         reply = {"ok": True, "accepted": accepted, "committed": committed, "rejected": rejected}
-        reply["duplicates"] = min(skip, len(items))
+        reply["duplicates"] = min(skip, count)
         return reply
 
     def _request(self, kind: Any, payload: Any) -> dict:

@@ -57,7 +57,7 @@ def leaf_to_host(leaf: Any, dtype: np.dtype | None) -> np.ndarray:
     """Cast (on device for jax arrays) then fetch to host as a C-contiguous numpy array."""
     if dtype is not None and hasattr(leaf, "dtype") and is_float_dtype(np.dtype(leaf.dtype)) and leaf.dtype != dtype:
         leaf = leaf.astype(dtype)
-    arr = np.ascontiguousarray(np.asarray(leaf))
+    arr = np.asarray(leaf, order="C")  # not ascontiguousarray: it turns a 0-d leaf (a temperature) into shape (1,)
     if arr.dtype == object:
         raise TypeError("param leaves must be numeric arrays")
     return arr

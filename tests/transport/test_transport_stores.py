@@ -21,8 +21,8 @@ def test_queued_store_agentlace_api_and_release():
     assert store.current.release(2) == 3
     assert len(store) == 2
     assert [d["i"] for d in store.get_latest_data(-1)] == [3, 4]  # older items are gone once acknowledged
-    first, items = store.current.pending(0, 10, 1 << 30)
-    assert first == 3 and [d["i"] for d in items] == [3, 4]
+    first, items, skipped = store.current.pending(0, 10, 1 << 30)
+    assert skipped == [] and first == 3 and [d["i"] for d in items] == [3, 4]
 
 
 def test_full_store_blocks_until_acknowledged_then_times_out():
@@ -48,7 +48,7 @@ def test_pending_cuts_uploads_by_bytes():
     store = QueuedDataStore(100)
     for _ in range(10):
         store.insert(np.zeros(1000, np.uint8))
-    _, items = store.current.pending(0, 100, 2500)
+    _, items, _ = store.current.pending(0, 100, 2500)
     assert len(items) == 3
 
 
@@ -66,10 +66,11 @@ def test_journal_survives_a_dead_process_and_drops_a_torn_tail(tmp_path):
     with open(last_segment, "ab") as f:
         f.write(b"\x07" * 11)  # a record cut short by SIGKILL
     again = QueuedDataStore(100, spill_dir=tmp_path)
+    assert len(again.quarantined) == 1 and again.quarantined[0].length == 11  # the torn tail, set aside
     old = [s for s in again.streams() if s.epoch == epoch][0]
     assert old.actor_id == "actor-A" and old.recovered
-    first, items = old.pending(0, 100, 1 << 30)
-    assert first == 3 and [d["i"] for d in items] == [3, 4, 5, 6, 7]
+    first, items, skipped = old.pending(0, 100, 1 << 30)
+    assert skipped == [] and first == 3 and [d["i"] for d in items] == [3, 4, 5, 6, 7]
     assert items[0]["img"].dtype == np.uint8 and items[0]["img"][0] == 3
     assert again.epoch != epoch and again.latest_data_id() == -1
     old.release(7)
