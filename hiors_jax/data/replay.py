@@ -1,0 +1,955 @@
+"""Learner-side replay on LeRobot datasets: transitions in, whole episodes committed, newest frames sampled.
+
+The transition an actor sends (one policy step; a plain dict so it crosses the transport as is)::
+
+    {
+        "images": {camera: uint8 (H, W, 3)},       # the observation o_t the policy saw, RGB, HWC
+        "state": float32 (D,),                     # robot state at o_t (14 for the X-Trainer)
+        "prompt": str,                             # task instruction (stored as the LeRobot task)
+        "action": float32 (H_a, A),                # the chunk the policy sent (50 x 14)
+        "reward": float,                           # finite
+        "done": bool,                              # terminal: the episode ended in a labelled outcome
+        "truncated": bool,                         # cut short (step limit, robot lost); kept apart from done
+        "state_chunk": float32 (R, D),             # states recorded while `action` ran (10 Hz), time order
+        "state_chunk_mask": bool (R,),             # which rows are real records (the rest is padding)
+        "state_chunk_teleop": bool (R,),           # per row: a human was driving
+        "state_chunk_timestamp": float64 (R,),     # per row: robot clock, seconds
+        "episode_id": int,                         # per actor, increasing
+        "actor_id": str,
+        "policy_version": int,                     # version of the params that produced `action`
+        "label": "success" | "failure" | None,     # the episode's outcome, on its last transition
+    }
+
+`validate_transition` checks one (ValueError naming the field). `ReplayStore.insert` (also usable as a
+transport data store) buffers transitions per actor and, when one has done or truncated, commits the episode:
+every transition to the LeRobot v3.0 dataset `online/` and, when the acceptance rules accept it, its kept
+transitions with relabelled action targets (`action` (H, A'), `action_is_pad`) and loss weight to
+`accepted/`. Each commit is atomic (the LeRobot writer stages, journals and renames); on start the store
+finishes or discards an interrupted commit, re-derives `accepted/` episodes missing after a crash from
+`online/`, and refills its sampling windows. The windows (`FrameWindow`) hold the newest N frames of each
+source with images already resized-with-pad to the model's resolution in a uint8 memmap `FrameCache`, so
+sampling never decodes video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import shutil
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from hiors_jax.data.acceptance import AcceptanceConfig, AcceptanceCounters, EpisodeDecision, decide
+from hiors_jax.data.batches import FrameCache
+from hiors_jax.data.chunks import chunks_from_actions, relabel_from_states, stored_chunks
+from hiors_jax.data.lerobot import LeRobotDataset, LeRobotDatasetWriter, load_meta
+from hiors_jax.models.preprocessing import resize_with_pad
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("demo", "online", "accepted")
+LABEL_CODES = {None: -1, "failure": 0, "success": 1}
+LABEL_NAMES = {v: k for k, v in LABEL_CODES.items()}
+_SCALAR_INT_FIELDS = ("episode_id", "policy_version")
+_CI = "complementary_info."
+
+
+class TransitionError(ValueError):
+    """A transition does not match the schema (or the dataset it would be stored in)."""
+
+
+class EmptySourceError(ValueError):
+    """A window has no frame to sample yet."""
+
+
+# ------------------------------------------------------------------------------------------------ schema
+@dataclasses.dataclass(frozen=True)
+class TransitionSpec:
+    """Shapes a store's transitions must have: cameras {name: (H, W)}, state dim D, action chunk (H_a, A),
+    recorded rows R."""
+
+    cameras: tuple[tuple[str, tuple[int, int]], ...]
+    state_dim: int
+    action_horizon: int
+    action_dim: int
+    chunk_len: int
+
+    @property
+    def camera_shapes(self) -> dict[str, tuple[int, int]]:
+        return dict(self.cameras)
+
+    @classmethod
+    def from_transition(cls, transition: Mapping[str, Any]) -> TransitionSpec:
+        """The spec a (schema-valid) first transition defines."""
+        images = transition.get("images")
+        if not isinstance(images, Mapping) or not images:
+            raise TransitionError("field 'images': expected a non-empty dict {camera name: uint8 HWC array}")
+        cameras = []
+        for name in sorted(images):
+            shape = np.shape(images[name])
+            if len(shape) != 3 or shape[2] != 3:
+                raise TransitionError(f"field 'images.{name}': expected uint8 (H, W, 3), got shape {shape}")
+            cameras.append((str(name), (int(shape[0]), int(shape[1]))))
+        action, chunk = np.shape(transition.get("action")), np.shape(transition.get("state_chunk"))
+        state = np.shape(transition.get("state"))
+        if len(state) != 1:
+            raise TransitionError(f"field 'state': expected a (dim,) vector, got shape {state}")
+        if len(action) != 2:
+            raise TransitionError(f"field 'action': expected a (horizon, dim) chunk, got shape {action}")
+        if len(chunk) != 2:
+            raise TransitionError(f"field 'state_chunk': expected (rows, state dim), got shape {chunk}")
+        return cls(tuple(cameras), int(state[0]), int(action[0]), int(action[1]), int(chunk[0]))
+
+
+def _field_array(t: Mapping[str, Any], name: str, shape: tuple[int, ...], kind: str, dtype) -> np.ndarray:
+    if name not in t:
+        raise TransitionError(f"field {name!r} is missing")
+    value = t[name]
+    if not isinstance(value, np.ndarray | list | tuple) and not np.isscalar(value):
+        raise TransitionError(f"field {name!r}: expected an array, got {type(value).__name__}")
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise TransitionError(f"field {name!r}: shape {arr.shape} differs from the dataset's {shape}")
+    if kind == "f":
+        if arr.dtype.kind not in "fiu":
+            raise TransitionError(f"field {name!r}: expected floats, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise TransitionError(f"field {name!r}: contains NaN or infinity")
+    elif kind == "b" and arr.dtype != np.bool_:
+        raise TransitionError(f"field {name!r}: expected bool, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def validate_transition(transition: Mapping[str, Any], spec: TransitionSpec | None = None) -> dict[str, Any]:
+    """A checked copy of `transition` with canonical dtypes; TransitionError (a ValueError) names the bad field.
+
+    With `spec` the shapes must match it (the dataset's shapes); without, they must only be self-consistent.
+    """
+    if not isinstance(transition, Mapping):
+        raise TransitionError(f"a transition must be a dict, got {type(transition).__name__}")
+    spec = spec or TransitionSpec.from_transition(transition)
+    out: dict[str, Any] = {}
+    images = transition.get("images")
+    if not isinstance(images, Mapping):
+        raise TransitionError("field 'images': expected a dict {camera name: uint8 HWC array}")
+    cameras = spec.camera_shapes
+    if set(images) != set(cameras):
+        raise TransitionError(f"field 'images': cameras {sorted(images)} differ from the dataset's {sorted(cameras)}")
+    out["images"] = {}
+    for name, (h, w) in cameras.items():
+        image = images[name]
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+            raise TransitionError(f"field 'images.{name}': expected a uint8 array, got {got}")
+        if image.shape != (h, w, 3):
+            raise TransitionError(f"field 'images.{name}': shape {image.shape} differs from the dataset's {(h, w, 3)}")
+        out["images"][name] = np.ascontiguousarray(image)
+    d, r = spec.state_dim, spec.chunk_len
+    out["state"] = _field_array(transition, "state", (d,), "f", np.float32)
+    out["action"] = _field_array(transition, "action", (spec.action_horizon, spec.action_dim), "f", np.float32)
+    out["state_chunk"] = _field_array(transition, "state_chunk", (r, d), "f", np.float32)
+    out["state_chunk_mask"] = _field_array(transition, "state_chunk_mask", (r,), "b", bool)
+    out["state_chunk_teleop"] = _field_array(transition, "state_chunk_teleop", (r,), "b", bool)
+    out["state_chunk_timestamp"] = _field_array(transition, "state_chunk_timestamp", (r,), "f", np.float64)
+    stamps = out["state_chunk_timestamp"][out["state_chunk_mask"]]
+    if np.any(np.diff(stamps) < 0):
+        raise TransitionError("field 'state_chunk_timestamp': recorded rows are not in time order")
+    prompt = transition.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise TransitionError(f"field 'prompt': expected a non-empty string, got {prompt!r}")
+    out["prompt"] = prompt
+    reward = transition.get("reward")
+    if isinstance(reward, bool) or not isinstance(reward, int | float | np.integer | np.floating):
+        raise TransitionError(f"field 'reward': expected a number, got {type(reward).__name__}")
+    if not math.isfinite(float(reward)):
+        raise TransitionError(f"field 'reward': {reward} is not finite")
+    out["reward"] = float(reward)
+    for name in ("done", "truncated"):
+        value = transition.get(name)
+        if not isinstance(value, bool | np.bool_):
+            raise TransitionError(f"field {name!r}: expected a bool, got {type(value).__name__}")
+        out[name] = bool(value)
+    for name in _SCALAR_INT_FIELDS:
+        value = transition.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise TransitionError(f"field {name!r}: expected a non-negative int, got {value!r}")
+        out[name] = int(value)
+    actor = transition.get("actor_id")
+    if not isinstance(actor, str) or not actor:
+        raise TransitionError(f"field 'actor_id': expected a non-empty string, got {actor!r}")
+    out["actor_id"] = actor
+    label = transition.get("label")
+    if label not in LABEL_CODES:
+        raise TransitionError(f"field 'label': expected 'success', 'failure' or None, got {label!r}")
+    out["label"] = label
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ features
+def _camera_feature(h: int, w: int, video: bool) -> dict[str, Any]:
+    return {"dtype": "video" if video else "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]}
+
+
+def _vec(dtype: str, *shape: int) -> dict[str, Any]:
+    return {"dtype": dtype, "shape": list(shape), "names": None}
+
+
+def online_features(spec: TransitionSpec, use_videos: bool = True) -> dict[str, dict[str, Any]]:
+    """LeRobot features of `online/`: every transition as sent."""
+    features = {f"observation.images.{c}": _camera_feature(h, w, use_videos) for c, (h, w) in spec.cameras}
+    r, d = spec.chunk_len, spec.state_dim
+    features.update(
+        {
+            "observation.state": _vec("float32", d),
+            "action": _vec("float32", spec.action_horizon, spec.action_dim),
+            "next.reward": _vec("float32", 1),
+            "next.done": _vec("bool", 1),
+            "next.truncated": _vec("bool", 1),
+            _CI + "state_chunk": _vec("float32", r, d),
+            _CI + "state_chunk_mask": _vec("bool", r),
+            _CI + "state_chunk_teleop": _vec("bool", r),
+            _CI + "state_chunk_timestamp": _vec("float64", r),
+            _CI + "episode_id": _vec("int64", 1),
+            _CI + "actor_index": _vec("int64", 1),
+            _CI + "policy_version": _vec("int64", 1),
+            _CI + "label": _vec("int64", 1),  # -1 none, 0 failure, 1 success
+        }
+    )
+    return features
+
+
+def accepted_features(spec: TransitionSpec, horizon: int, target_dim: int, use_videos: bool = True) -> dict:
+    """LeRobot features of `accepted/`: kept transitions with their relabelled targets and loss weight."""
+    features = {f"observation.images.{c}": _camera_feature(h, w, use_videos) for c, (h, w) in spec.cameras}
+    features.update(
+        {
+            "observation.state": _vec("float32", spec.state_dim),
+            "action": _vec("float32", horizon, target_dim),
+            "action_is_pad": _vec("bool", horizon),
+            "next.reward": _vec("float32", 1),
+            "next.done": _vec("bool", 1),
+            "next.truncated": _vec("bool", 1),
+            _CI + "weight": _vec("float32", 1),
+            _CI + "online_episode": _vec("int64", 1),  # episode_index in online/ it was derived from
+            _CI + "episode_id": _vec("int64", 1),
+            _CI + "actor_index": _vec("int64", 1),
+            _CI + "policy_version": _vec("int64", 1),
+        }
+    )
+    return features
+
+
+def spec_from_features(features: Mapping[str, Mapping[str, Any]]) -> TransitionSpec:
+    """The transition spec an existing `online/` dataset was written with."""
+    cameras = []
+    for key, f in sorted(features.items()):
+        if key.startswith("observation.images."):
+            h, w = (int(f["shape"][0]), int(f["shape"][1]))
+            cameras.append((key[len("observation.images.") :], (h, w)))
+    action = features["action"]["shape"]
+    return TransitionSpec(
+        tuple(cameras),
+        int(features["observation.state"]["shape"][0]),
+        int(action[0]),
+        int(action[1]),
+        int(features[_CI + "state_chunk"]["shape"][0]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ windows
+class FrameWindow:
+    """The newest `capacity` frames of one source, ready to sample: a ring over uint8 images (memmap files in
+    a `FrameCache`, resized-with-pad at append time) and small arrays in memory.
+
+    Per frame: state (D,), actions (H, A), action_is_pad (H,), reward, done, truncated, weight, prompt id and
+    the slot of the next frame of the same episode (itself for an episode's last frame).
+    """
+
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        capacity: int,
+        cameras: Sequence[str],
+        image_size: tuple[int, int],
+        state_dim: int,
+        horizon: int,
+        action_dim: int,
+    ):
+        if capacity < 1:
+            raise ValueError(f"window capacity must be >= 1 frame, got {capacity}")
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.capacity, self.image_size = int(capacity), tuple(image_size)
+        self.cameras = tuple(cameras)
+        h, w = self.image_size
+        arrays = {
+            cam: np.memmap(self.directory / f"{cam}.u8", np.uint8, "w+", shape=(self.capacity, h, w, 3))
+            for cam in self.cameras
+        }
+        self.images = FrameCache(self.directory, arrays)
+        n = self.capacity
+        self.state = np.zeros((n, state_dim), np.float32)
+        self.actions = np.zeros((n, horizon, action_dim), np.float32)
+        self.action_is_pad = np.zeros((n, horizon), bool)
+        self.reward = np.zeros(n, np.float32)
+        self.done = np.zeros(n, bool)
+        self.truncated = np.zeros(n, bool)
+        self.weight = np.zeros(n, np.float32)
+        self.prompt_id = np.zeros(n, np.int32)
+        self.next_slot = np.zeros(n, np.int64)
+        self.prompts: list[str] = []
+        self._prompt_ids: dict[str, int] = {}
+        self.size = 0
+        self.position = 0
+        self.frames_added = 0
+        self.episodes_added = 0
+        self.lock = threading.RLock()
+
+    @property
+    def nbytes(self) -> int:
+        tabular = sum(
+            a.nbytes
+            for a in (self.state, self.actions, self.action_is_pad, self.reward, self.done, self.truncated)
+            + (self.weight, self.prompt_id, self.next_slot)
+        )
+        return self.images.nbytes() + tabular
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append_episode(
+        self,
+        images: Mapping[str, np.ndarray],
+        *,
+        state: np.ndarray,
+        actions: np.ndarray,
+        action_is_pad: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        truncated: np.ndarray,
+        weight: np.ndarray,
+        prompts: Sequence[str],
+    ) -> None:
+        """Add one episode's frames (time order), overwriting the oldest frames when full."""
+        t = len(state)
+        if t == 0:
+            return
+        keep = slice(max(0, t - self.capacity), t)  # an episode longer than the window keeps its newest frames
+        n = keep.stop - keep.start
+        resized = {cam: resize_with_pad(np.asarray(images[cam][keep]), *self.image_size) for cam in self.cameras}
+        ids = np.array([self._prompt_id(p) for p in prompts[keep]], np.int32)
+        with self.lock:
+            slots = (self.position + np.arange(n)) % self.capacity
+            for cam in self.cameras:
+                self.images.arrays[cam][slots] = resized[cam]
+            self.state[slots] = state[keep]
+            self.actions[slots] = actions[keep]
+            self.action_is_pad[slots] = action_is_pad[keep]
+            self.reward[slots] = reward[keep]
+            self.done[slots] = done[keep]
+            self.truncated[slots] = truncated[keep]
+            self.weight[slots] = weight[keep]
+            self.prompt_id[slots] = ids
+            self.next_slot[slots] = np.append(slots[1:], slots[-1])
+            self.position = int((self.position + n) % self.capacity)
+            self.size = min(self.size + n, self.capacity)
+            self.frames_added += n
+            self.episodes_added += 1
+
+    def _prompt_id(self, prompt: str) -> int:
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = len(self.prompts)
+            self.prompts.append(prompt)
+        return self._prompt_ids[prompt]
+
+    def sample_slots(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` slots drawn uniformly (with replacement) from the frames held."""
+        if self.size == 0:
+            raise EmptySourceError(f"window {self.directory.name!r} is empty: nothing to sample yet")
+        return rng.integers(0, self.size, n)  # slots [0, size) are the filled ones until the ring wraps
+
+    def gather(self, slots: np.ndarray, with_next: bool = False) -> dict[str, Any]:
+        """Host arrays of the frames at `slots` (uint8 images at the window's resolution)."""
+        slots = np.asarray(slots, np.int64)
+        with self.lock:
+            out: dict[str, Any] = {
+                "images": {cam: self.images.frames(cam, slots) for cam in self.cameras},
+                "state": self.state[slots],
+                "actions": self.actions[slots],
+                "action_is_pad": self.action_is_pad[slots],
+                "reward": self.reward[slots],
+                "done": self.done[slots],
+                "truncated": self.truncated[slots],
+                "weight": self.weight[slots],
+                "prompt": [self.prompts[i] for i in self.prompt_id[slots]],
+            }
+            if with_next:
+                nxt = self.next_slot[slots]
+                out["next_images"] = {cam: self.images.frames(cam, nxt) for cam in self.cameras}
+                out["next_state"] = self.state[nxt]
+                out["next_prompt"] = [self.prompts[i] for i in self.prompt_id[nxt]]
+        return out
+
+
+def window_from_dataset(
+    dataset_root: str | pathlib.Path,
+    directory: str | pathlib.Path,
+    *,
+    horizon: int,
+    image_size: tuple[int, int],
+    capacity: int | None = None,
+    camera_keys: Mapping[str, str] | None = None,
+    state_key: str = "observation.state",
+    action_key: str = "action",
+    action_dims: Sequence[int] | None = None,
+    weight: float = 1.0,
+    batch_rows: int = 256,
+) -> FrameWindow:
+    """A window over the newest `capacity` frames (all by default) of an offline LeRobot dataset (demos).
+
+    Targets: per-step actions (D,) become chunks of the next `horizon` actions of the same episode (lerobot's
+    delta_timestamps semantics, with is_pad); stored chunks (H, D) are used as they are (with
+    `action_is_pad` when the dataset has it). `camera_keys` maps window camera names to dataset keys
+    (default: every camera, named after its key's last part).
+    """
+    dataset = LeRobotDataset(dataset_root)
+    try:
+        feats = dataset.features
+        if camera_keys is None:
+            camera_keys = {k.split(".")[-1]: k for k in dataset.meta.camera_keys}
+        missing = [k for k in [*camera_keys.values(), state_key, action_key] if k not in feats]
+        if missing:
+            raise ValueError(f"{dataset_root}: dataset has no feature(s) {missing}")
+        action_shape = list(feats[action_key]["shape"])
+        chunked = len(action_shape) == 2
+        target_dim = len(action_dims) if action_dims is not None else action_shape[-1]
+        total = len(dataset)
+        capacity = total if capacity is None else capacity
+        window = FrameWindow(
+            directory,
+            capacity,
+            list(camera_keys),
+            image_size,
+            int(feats[state_key]["shape"][0]),
+            horizon,
+            target_dim,
+        )
+        for pos in dataset.episode_positions.tolist():
+            start, stop = dataset.episode_bounds(pos)
+            if stop <= total - capacity:
+                continue  # older than the window
+            parts = [dataset.get_batch(np.arange(s, min(s + batch_rows, stop))) for s in range(start, stop, batch_rows)]
+            cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "task"}
+            tasks = [t for p in parts for t in p["task"]]
+            episode = np.zeros(stop - start, np.int64)
+            if chunked:
+                pad = cat.get(f"{action_key}_is_pad") if f"{action_key}_is_pad" in feats else None
+                pad = cat.get("action_is_pad") if pad is None and "action_is_pad" in feats else pad
+                targets, is_pad = stored_chunks(cat[action_key], horizon, is_pad=pad, dims=action_dims)
+            else:
+                targets, is_pad = chunks_from_actions(cat[action_key], episode, horizon, dims=action_dims)
+            n = stop - start
+            reward = cat.get("next.reward", np.zeros(n)).astype(np.float32).reshape(n)
+            done = cat.get("next.done", np.arange(n) == n - 1).astype(bool).reshape(n)
+            truncated = cat.get("next.truncated", np.zeros(n, bool)).astype(bool).reshape(n)
+            window.append_episode(
+                {name: cat[key] for name, key in camera_keys.items()},
+                state=cat[state_key].astype(np.float32),
+                actions=targets.astype(np.float32),
+                action_is_pad=is_pad,
+                reward=reward,
+                done=done,
+                truncated=truncated,
+                weight=np.full(n, weight, np.float32),
+                prompts=tasks,
+            )
+        return window
+    finally:
+        dataset.close()
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+def _staging(root: pathlib.Path) -> pathlib.Path:
+    return root.parent / f".{root.name}.writing"
+
+
+def _previous(root: pathlib.Path) -> pathlib.Path:
+    return root.parent / f".{root.name}.previous"
+
+
+def _total_episodes(root: pathlib.Path) -> int:
+    try:
+        return int(json.loads((root / "meta" / "info.json").read_text())["total_episodes"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def recover_dataset(root: str | pathlib.Path) -> str:
+    """Bring a dataset whose writer was killed back to a consistent state; returns what was done.
+
+    A saved-but-unfinalized episode (in the writer's journal) is finalized; a half-written one is discarded;
+    a finalize killed between its directory renames is completed or rolled back. Earlier episodes are never
+    touched.
+    """
+    root = pathlib.Path(root)
+    staging, previous = _staging(root), _previous(root)
+    actions = []
+    staged_complete = staging.is_dir() and not (staging / ".journal").exists() and _total_episodes(staging) > 0
+    if not root.exists() and previous.exists():
+        if staged_complete:
+            os.rename(staging, root)
+            actions.append("completed an interrupted swap")
+        else:
+            os.rename(previous, root)
+            actions.append("rolled back an interrupted swap")
+    if staging.is_dir():
+        if (staging / ".journal" / "writer.json").is_file():
+            try:
+                LeRobotDatasetWriter.recover(root)
+                actions.append("finalized the saved episode(s) of an interrupted writer")
+            except (ValueError, OSError) as err:
+                shutil.rmtree(staging, ignore_errors=True)
+                actions.append(f"discarded an interrupted writer's unsaved episode ({err})")
+        elif staged_complete and _total_episodes(staging) > _total_episodes(root):
+            tmp = previous
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            if root.exists():
+                os.rename(root, tmp)
+            os.rename(staging, root)
+            actions.append("completed an interrupted finalize")
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+            actions.append("discarded a partial staging directory")
+    if previous.exists() and root.exists():
+        shutil.rmtree(previous)
+    return "; ".join(actions)
+
+
+def _read_scalar_columns(root: pathlib.Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Whole scalar columns of a v3.0 dataset in `index` order, without touching images."""
+    files = sorted((root / "data").glob("chunk-*/file-*.parquet"))
+    tables = [pq.read_table(f, columns=[*columns, "index"]) for f in files]
+    if not tables:
+        return {c: np.zeros(0, np.int64) for c in columns}
+    cat = {c: np.concatenate([t.column(c).to_numpy() for t in tables]) for c in [*columns, "index"]}
+    order = np.argsort(cat["index"], kind="stable")
+    return {c: cat[c][order] for c in columns}
+
+
+# ------------------------------------------------------------------------------------------------ store
+@dataclasses.dataclass
+class _OpenEpisode:
+    episode_id: int
+    transitions: list[dict[str, Any]]
+
+
+class ReplayStore:
+    """Episodes from actors into `online/` and `accepted/` LeRobot datasets, and the windows sampled from them.
+
+    Thread-safe: `insert` may run on the transport's thread while the learner samples. `insert` raises
+    TransitionError (a ValueError) for a bad transition and leaves everything stored and buffered as it was.
+    """
+
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        *,
+        fps: int = 10,
+        acceptance: AcceptanceConfig | None = None,
+        window_frames: int = 20_000,
+        image_size: tuple[int, int] = (224, 224),
+        horizon: int = 50,
+        target_dims: Sequence[int] | None = None,
+        use_videos: bool = True,
+        vcodec: str = "libsvtav1",
+        window_dir: str | pathlib.Path | None = None,
+    ):
+        self.root = pathlib.Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.online_root, self.accepted_root = self.root / "online", self.root / "accepted"
+        self.fps, self.use_videos, self.vcodec = int(fps), use_videos, vcodec
+        self.acceptance = acceptance or AcceptanceConfig()
+        self.window_frames, self.image_size, self.horizon = int(window_frames), tuple(image_size), int(horizon)
+        self.target_dims = None if target_dims is None else tuple(int(d) for d in target_dims)
+        self.window_dir = pathlib.Path(window_dir) if window_dir is not None else self.root / "window"
+        self.counters = AcceptanceCounters()
+        self.abandoned_episodes = 0
+        self._lock = threading.RLock()
+        self._open: dict[str, _OpenEpisode] = {}
+        self._last_episode: dict[str, int] = {}
+        self._actors: dict[str, int] = {}
+        self.spec: TransitionSpec | None = None
+        self.windows: dict[str, FrameWindow] = {}
+        self.recovery_log: list[str] = []
+        for dataset in (self.online_root, self.accepted_root):
+            done = recover_dataset(dataset)
+            if done:
+                self.recovery_log.append(f"{dataset.name}: {done}")
+                log.warning("replay %s: %s", dataset, done)
+        actors_file = self.root / "actors.json"
+        if actors_file.is_file():
+            self._actors = json.loads(actors_file.read_text())
+        if self.online_root.exists():
+            self.spec = spec_from_features(load_meta(self.online_root).features)
+            self._make_windows()
+            self._resume()
+
+    # ---------------------------------------------------------------- public
+    def __len__(self) -> int:
+        return self.online_frames
+
+    @property
+    def online_frames(self) -> int:
+        return max(_total_frames(self.online_root), 0)
+
+    def window(self, source: str) -> FrameWindow:
+        if source not in ("online", "accepted"):
+            raise ValueError(f"unknown replay source {source!r}; the store has 'online' and 'accepted'")
+        if source not in self.windows:
+            raise ValueError(f"replay source {source!r} has no data yet (no transition received)")
+        return self.windows[source]
+
+    def insert(self, transition: Mapping[str, Any]) -> None:
+        """Validate and buffer one transition; the transition that ends an episode commits the episode."""
+        with self._lock:
+            t = validate_transition(transition, self.spec)
+            if self.spec is None:
+                self.spec = TransitionSpec.from_transition(t)
+                self._make_windows()
+            actor, episode_id = t["actor_id"], t["episode_id"]
+            last = self._last_episode.get(actor, -1)
+            if episode_id <= last:
+                raise TransitionError(
+                    f"field 'episode_id': actor {actor!r} sent episode {episode_id}, but its episode {last} is "
+                    "already committed (episode ids must increase per actor)"
+                )
+            current = self._open.get(actor)
+            if current is not None and episode_id < current.episode_id:
+                raise TransitionError(
+                    f"field 'episode_id': actor {actor!r} sent episode {episode_id} while episode "
+                    f"{current.episode_id} is open (episode ids must increase per actor)"
+                )
+            if current is not None and episode_id > current.episode_id:
+                # The actor started a new episode without ending the last (it restarted): keep what it sent.
+                log.warning("actor %s: episode %d never ended; committing it as truncated", actor, current.episode_id)
+                current.transitions[-1]["truncated"] = True
+                self.abandoned_episodes += 1
+                self._commit(actor)
+                current = None
+            if current is None:
+                current = self._open[actor] = _OpenEpisode(episode_id, [])
+            current.transitions.append(t)
+            if t["done"] or t["truncated"]:
+                self._commit(actor)
+
+    def batch_insert(self, items: Iterable[Mapping[str, Any]]) -> None:
+        for item in items:
+            self.insert(item)
+
+    @property
+    def open_transitions(self) -> int:
+        return sum(len(e.transitions) for e in self._open.values())
+
+    def stats(self) -> dict[str, Any]:
+        out = {f"acceptance/{k}": v for k, v in self.counters.as_dict().items()}
+        out["replay/online_frames"] = self.online_frames
+        out["replay/open_transitions"] = self.open_transitions
+        out["replay/abandoned_episodes"] = self.abandoned_episodes
+        for name, window in self.windows.items():
+            out[f"replay/window_{name}_frames"] = len(window)
+        return out
+
+    # ---------------------------------------------------------------- commit
+    def _actor_index(self, actor: str) -> int:
+        if actor not in self._actors:
+            self._actors[actor] = len(self._actors)
+            tmp = self.root / "actors.json.tmp"
+            tmp.write_text(json.dumps(self._actors))
+            os.replace(tmp, self.root / "actors.json")
+        return self._actors[actor]
+
+    def _commit(self, actor: str) -> None:
+        episode = self._open.pop(actor)
+        ts = episode.transitions
+        cols = _stack_transitions(ts)
+        label = next((t["label"] for t in reversed(ts) if t["label"] is not None), None)
+        online_episode = max(_total_episodes(self.online_root), 0)
+        actor_index = self._actor_index(actor)
+        cols["actor_index"] = np.full(len(ts), actor_index, np.int64)
+        frames = [_online_frame(t, actor_index, label) for t in ts]
+        self._write(self.online_root, online_features(self.spec, self.use_videos), frames, [t["prompt"] for t in ts])
+        self._last_episode[actor] = episode.episode_id
+        self._after_online_commit(cols, [t["prompt"] for t in ts], label, online_episode)
+
+    def _after_online_commit(self, cols: dict[str, Any], prompts: list[str], label, online_episode: int) -> None:
+        """Acceptance, `accepted/` write and window updates for an episode already in `online/`."""
+        decision = self._decide(cols, label)
+        self.counters.add(decision)
+        if decision.accepted:
+            self._write_accepted(cols, prompts, decision, online_episode)
+        self._write_progress(online_episode + 1)
+        self._append_online_window(cols, prompts, decision)
+
+    def _append_online_window(self, cols: dict[str, Any], prompts: list[str], decision: EpisodeDecision) -> None:
+        """Every transition, targets relabelled over the whole episode, weight = the episode's (0 if rejected)."""
+        targets, pad = self._targets(cols, np.ones(len(prompts), bool))
+        self.windows["online"].append_episode(
+            cols["images"],
+            state=cols["state"],
+            actions=targets,
+            action_is_pad=pad,
+            reward=cols["reward"],
+            done=cols["done"],
+            truncated=cols["truncated"],
+            weight=np.full(len(prompts), decision.weight, np.float32),
+            prompts=prompts,
+        )
+
+    def _decide(self, cols: dict[str, Any], label) -> EpisodeDecision:
+        return decide(
+            self.acceptance,
+            rewards=cols["reward"],
+            label=label,
+            state_chunks=cols["state_chunk"],
+            row_mask=cols["state_chunk_mask"],
+            teleop=cols["state_chunk_teleop"],
+            iteration=int(cols["policy_version"].max()),
+        )
+
+    def _targets(self, cols: dict[str, Any], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Targets of the kept transitions, relabelled over the kept transitions' recorded states."""
+        return relabel_from_states(
+            cols["state_chunk"][keep],
+            cols["state_chunk_mask"][keep],
+            np.zeros(int(keep.sum()), np.int64),
+            self.horizon,
+            dims=self.target_dims,
+            fallback=cols["state"][keep],
+        )
+
+    def _write_accepted(self, cols, prompts, decision: EpisodeDecision, online_episode: int) -> None:
+        keep = decision.keep
+        targets, is_pad = self._targets(cols, keep)
+        idx = np.flatnonzero(keep)
+        frames = []
+        for j, i in enumerate(idx):
+            frame = {f"observation.images.{c}": cols["images"][c][i] for c in self.spec.camera_shapes}
+            frame.update(
+                {
+                    "observation.state": cols["state"][i],
+                    "action": targets[j],
+                    "action_is_pad": is_pad[j],
+                    "next.reward": np.float32(cols["reward"][i]),
+                    "next.done": bool(cols["done"][i]),
+                    "next.truncated": bool(cols["truncated"][i]),
+                    _CI + "weight": np.float32(decision.weight),
+                    _CI + "online_episode": int(online_episode),
+                    _CI + "episode_id": int(cols["episode_id"][i]),
+                    _CI + "actor_index": int(cols["actor_index"][i]),
+                    _CI + "policy_version": int(cols["policy_version"][i]),
+                }
+            )
+            frames.append(frame)
+        features = accepted_features(self.spec, self.horizon, targets.shape[-1], self.use_videos)
+        self._write(self.accepted_root, features, frames, [prompts[i] for i in idx])
+        self.windows["accepted"].append_episode(
+            {c: cols["images"][c][idx] for c in self.spec.camera_shapes},
+            state=cols["state"][idx],
+            actions=targets,
+            action_is_pad=is_pad,
+            reward=cols["reward"][idx],
+            done=cols["done"][idx],
+            truncated=cols["truncated"][idx],
+            weight=np.full(len(idx), decision.weight, np.float32),
+            prompts=[prompts[i] for i in idx],
+        )
+
+    def _write(self, root: pathlib.Path, features: dict, frames: list[dict], prompts: list[str]) -> None:
+        writer = LeRobotDatasetWriter(
+            root, self.fps, features, use_videos=self.use_videos, vcodec=self.vcodec, append=root.exists()
+        )
+        try:
+            for frame, prompt in zip(frames, prompts, strict=True):
+                writer.add_frame(frame, task=prompt)
+            writer.save_episode()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.finalize()
+
+    # ---------------------------------------------------------------- start-up
+    def _make_windows(self) -> None:
+        cams = [c for c, _ in self.spec.cameras]
+        target_dim = len(self.target_dims) if self.target_dims is not None else self.spec.state_dim
+        for name in ("online", "accepted"):
+            self.windows[name] = FrameWindow(
+                self.window_dir / name,
+                self.window_frames,
+                cams,
+                self.image_size,
+                self.spec.state_dim,
+                self.horizon,
+                target_dim,
+            )
+        total = sum(w.nbytes for w in self.windows.values())
+        log.info(
+            "replay windows: %d frames per source at %s, %.2f GiB (images in memmaps under %s)",
+            self.window_frames,
+            self.image_size,
+            total / 2**30,
+            self.window_dir,
+        )
+        self.window_nbytes = total
+
+    def _resume(self) -> None:
+        """After a restart: per-actor episode ids, `accepted/` catch-up, windows refilled from disk."""
+        actor_names = {v: k for k, v in self._actors.items()}
+        online = _read_scalar_columns(self.online_root, [_CI + "actor_index", _CI + "episode_id"])
+        for a, e in zip(online[_CI + "actor_index"].tolist(), online[_CI + "episode_id"].tolist(), strict=True):
+            name = actor_names.get(a, f"#{a}")
+            self._last_episode[name] = max(self._last_episode.get(name, -1), e)
+        n_online = max(_total_episodes(self.online_root), 0)
+        decided = self._read_progress()
+        if self.accepted_root.exists():
+            self._refill_accepted_window()
+            acc = _read_scalar_columns(self.accepted_root, [_CI + "online_episode"])[_CI + "online_episode"]
+            decided = max(decided, int(acc.max()) + 1 if len(acc) else 0)
+        # Episodes of online/ that were never decided (a crash between the online/ and accepted/ commits) are
+        # decided now (deterministic) and the accepted ones written; the newest episodes refill the window.
+        start = self._window_start_episode(n_online)
+        for episode in range(min(start, decided), n_online):
+            cols, prompts, label = self._load_online_episode(episode)
+            decision = self._decide(cols, label)
+            if episode >= decided:
+                self.counters.add(decision)
+                if decision.accepted:
+                    self._write_accepted(cols, prompts, decision, episode)
+                    self.recovery_log.append(f"accepted: derived online episode {episode} after a restart")
+            if episode >= start:
+                self._append_online_window(cols, prompts, decision)
+        self._write_progress(n_online)
+
+    def _read_progress(self) -> int:
+        try:
+            return int(json.loads((self.root / "progress.json").read_text())["decided_online_episodes"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def _write_progress(self, decided: int) -> None:
+        tmp = self.root / "progress.json.tmp"
+        tmp.write_text(json.dumps({"decided_online_episodes": int(decided)}))
+        os.replace(tmp, self.root / "progress.json")
+
+    def _window_start_episode(self, n_online: int) -> int:
+        """First online episode that still has frames inside the window."""
+        if n_online == 0:
+            return 0
+        lengths = load_meta(self.online_root).episodes.length
+        covered = np.cumsum(lengths[::-1])
+        return max(int(n_online - 1 - np.searchsorted(covered, self.window_frames)), 0)
+
+    def _load_online_episode(self, episode: int) -> tuple[dict[str, Any], list[str], Any]:
+        ds = LeRobotDataset(self.online_root, episodes=[episode])
+        try:
+            start, stop = ds.episode_bounds(int(ds.episode_positions[0]))
+            b = ds.get_batch(np.arange(start, stop))
+        finally:
+            ds.close()
+        cols = _columns_from_online_batch(b, self.spec)
+        codes = b[_CI + "label"].reshape(-1)
+        label = LABEL_NAMES.get(int(codes[codes >= 0][-1])) if np.any(codes >= 0) else None
+        return cols, list(b["task"]), label
+
+    def _refill_accepted_window(self) -> None:
+        meta = load_meta(self.accepted_root)
+        lengths = meta.episodes.length
+        covered = np.cumsum(lengths[::-1])
+        first = int(len(lengths) - 1 - np.searchsorted(covered, self.window_frames))
+        ds = LeRobotDataset(self.accepted_root, episodes=list(range(max(first, 0), len(lengths))))
+        try:
+            for pos in ds.episode_positions.tolist():
+                start, stop = ds.episode_bounds(pos)
+                b = ds.get_batch(np.arange(start, stop))
+                n = stop - start
+                self.windows["accepted"].append_episode(
+                    {c: b[f"observation.images.{c}"] for c in self.spec.camera_shapes},
+                    state=b["observation.state"],
+                    actions=b["action"],
+                    action_is_pad=b["action_is_pad"],
+                    reward=b["next.reward"].reshape(n).astype(np.float32),
+                    done=b["next.done"].reshape(n).astype(bool),
+                    truncated=b["next.truncated"].reshape(n).astype(bool),
+                    weight=b[_CI + "weight"].reshape(n).astype(np.float32),
+                    prompts=list(b["task"]),
+                )
+        finally:
+            ds.close()
+
+
+def _total_frames(root: pathlib.Path) -> int:
+    try:
+        return int(json.loads((root / "meta" / "info.json").read_text())["total_frames"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _stack_transitions(ts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    cols: dict[str, Any] = {"images": {c: np.stack([t["images"][c] for t in ts]) for c in ts[0]["images"]}}
+    for key in ("state", "action", "state_chunk", "state_chunk_mask", "state_chunk_teleop", "state_chunk_timestamp"):
+        cols[key] = np.stack([t[key] for t in ts])
+    cols["reward"] = np.array([t["reward"] for t in ts], np.float32)
+    cols["done"] = np.array([t["done"] for t in ts], bool)
+    cols["truncated"] = np.array([t["truncated"] for t in ts], bool)
+    cols["episode_id"] = np.array([t["episode_id"] for t in ts], np.int64)
+    cols["policy_version"] = np.array([t["policy_version"] for t in ts], np.int64)
+    return cols
+
+
+def _online_frame(t: Mapping[str, Any], actor_index: int, label) -> dict[str, Any]:
+    frame = {f"observation.images.{c}": img for c, img in t["images"].items()}
+    frame.update(
+        {
+            "observation.state": t["state"],
+            "action": t["action"],
+            "next.reward": np.float32(t["reward"]),
+            "next.done": t["done"],
+            "next.truncated": t["truncated"],
+            _CI + "state_chunk": t["state_chunk"],
+            _CI + "state_chunk_mask": t["state_chunk_mask"],
+            _CI + "state_chunk_teleop": t["state_chunk_teleop"],
+            _CI + "state_chunk_timestamp": t["state_chunk_timestamp"],
+            _CI + "episode_id": t["episode_id"],
+            _CI + "actor_index": actor_index,
+            _CI + "policy_version": t["policy_version"],
+            _CI + "label": LABEL_CODES[t["label"]],
+        }
+    )
+    return frame
+
+
+def _columns_from_online_batch(b: Mapping[str, Any], spec: TransitionSpec) -> dict[str, Any]:
+    n = len(b["task"])
+    return {
+        "images": {c: b[f"observation.images.{c}"] for c in spec.camera_shapes},
+        "state": b["observation.state"].astype(np.float32),
+        "action": b["action"].astype(np.float32),
+        "state_chunk": b[_CI + "state_chunk"].astype(np.float32),
+        "state_chunk_mask": b[_CI + "state_chunk_mask"].astype(bool),
+        "state_chunk_teleop": b[_CI + "state_chunk_teleop"].astype(bool),
+        "state_chunk_timestamp": b[_CI + "state_chunk_timestamp"].astype(np.float64),
+        "reward": b["next.reward"].reshape(n).astype(np.float32),
+        "done": b["next.done"].reshape(n).astype(bool),
+        "truncated": b["next.truncated"].reshape(n).astype(bool),
+        "episode_id": b[_CI + "episode_id"].reshape(n).astype(np.int64),
+        "policy_version": b[_CI + "policy_version"].reshape(n).astype(np.int64),
+        "actor_index": b[_CI + "actor_index"].reshape(n).astype(np.int64),
+    }
