@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiors_jax.data.lerobot_stats import aggregate_stats
@@ -27,6 +28,8 @@ DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 VISUAL_DTYPES = ("image", "video")
+# lerobot maps numeric features of 2 to 5 dims to datasets' Array2D..Array5D; more dims it cannot store.
+MAX_FEATURE_DIMS = 5
 
 
 class LeRobotFormatError(ValueError):
@@ -80,6 +83,74 @@ def image_hwc_shape(feature: Mapping[str, Any]) -> tuple[int, int, int]:
     if shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4):
         return shape[1], shape[2], shape[0]
     return shape
+
+
+def feature_dims(feature: Mapping[str, Any]) -> tuple[int, ...]:
+    """Per-frame shape of a numeric feature; shape [1] is a scalar column, so ()."""
+    shape = tuple(int(s) for s in feature["shape"])
+    return () if shape == (1,) else shape
+
+
+def _check_stored_dtype(stored: pa.DataType, declared: np.dtype, where: str) -> None:
+    """Refuse a column whose values would change when read as the declared dtype (no lossy casts)."""
+    try:
+        stored_np = np.dtype(stored.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        raise LeRobotFormatError(f"{where}: values are stored as {stored}") from None
+    if stored_np == declared:
+        return
+    if stored_np.kind == declared.kind and np.can_cast(stored_np, declared, "safe"):
+        return  # widening within a kind (int32 -> int64, float32 -> float64) keeps every value
+    raise LeRobotFormatError(f"{where}: values are stored as {stored}; reading them as {declared} would change them")
+
+
+def column_to_numpy(column: pa.Array | pa.ChunkedArray, feature: Mapping[str, Any], where: str) -> np.ndarray:
+    """(rows, *shape) values of a numeric parquet column, checked against the feature's declared dtype and shape.
+
+    Vectors are fixed-size lists, N-d features nested lists (datasets' ArrayND, as lerobot writes them) or
+    nested fixed-size lists; shape [1] may be a plain column or a list of one. Lengths are checked per row
+    with vectorised compute, so a wrong shape is refused instead of reshaped into other rows' values.
+    """
+    declared = np.dtype(feature["dtype"])
+    shape = tuple(int(s) for s in feature["shape"])
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = len(array)
+    depth, walk = 0, array.type
+    while True:
+        if isinstance(walk, pa.ExtensionType):
+            walk = walk.storage_type
+        if not (pa.types.is_list(walk) or pa.types.is_large_list(walk) or pa.types.is_fixed_size_list(walk)):
+            break
+        depth, walk = depth + 1, walk.value_type
+    dims = () if shape == (1,) and depth == 0 else shape
+    if depth != len(dims):
+        raise LeRobotFormatError(
+            f"{where}: the column nests {depth} list level(s) for {len(dims)} declared dimension(s)"
+        )
+    for level, size in enumerate(dims):
+        if isinstance(array, pa.ExtensionArray):
+            array = array.storage
+        if array.null_count:
+            raise LeRobotFormatError(f"{where}: {array.null_count} null values")
+        if pa.types.is_fixed_size_list(array.type):
+            if array.type.list_size != size:
+                raise LeRobotFormatError(f"{where}: dimension {level} has length {array.type.list_size}")
+        else:
+            bad = pc.not_equal(pc.list_value_length(array), size)
+            if pc.any(bad).as_py():
+                first = int(pc.index(bad, True).as_py())
+                length = pc.list_value_length(array)[first].as_py()
+                raise LeRobotFormatError(
+                    f"{where}: dimension {level} has length {length} at entry {first} (rows, then inner lists)"
+                )
+        array = array.flatten()
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    if array.null_count:
+        raise LeRobotFormatError(f"{where}: {array.null_count} null values")
+    _check_stored_dtype(array.type, declared, where)
+    values = array.to_numpy(zero_copy_only=False).astype(declared, copy=False)
+    return values.reshape((rows, *feature_dims(feature)))
 
 
 @dataclasses.dataclass(frozen=True)

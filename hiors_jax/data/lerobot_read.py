@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from hiors_jax.data.lerobot_meta import (
     DatasetMeta,
     LeRobotFormatError,
+    column_to_numpy,
     image_hwc_shape,
     load_meta,
     read_parquet,
@@ -72,7 +73,10 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
 
 
 class _Columns:
-    """All data-parquet rows of one dataset, as numpy columns (tabular) and PNG byte arrays (images)."""
+    """All data-parquet rows of one dataset, as numpy columns (tabular) and PNG byte arrays (images).
+
+    Every column is checked against info.json (dtype, shape, nulls) file by file, so errors name the file.
+    """
 
     def __init__(self, meta: DatasetMeta, positions: np.ndarray):
         paths: list[pathlib.Path] = []
@@ -80,65 +84,56 @@ class _Columns:
             path = meta.data_path(pos)
             if path not in paths:
                 paths.append(path)
-        self.tabular: dict[str, np.ndarray] = {}
-        self.images: dict[str, pa.Array] = {}
-        self.row_source: list[tuple[pathlib.Path, int]] = []  # (file, rows) for error messages
+        if not paths:
+            raise LeRobotFormatError(f"{meta.root}: dataset has no data files")
+        self.paths = paths
         parquet_keys = [k for k, f in meta.features.items() if f["dtype"] != "video"]
-        tables = []
-        for path in paths:
+        subset = meta.episodes.episode_index[positions] if len(positions) < len(meta.episodes) else None
+        parts: dict[str, list] = {k: [] for k in parquet_keys}
+        row_file, row_in_file = [], []
+        for file_id, path in enumerate(paths):
             table = read_parquet(path)
             missing = [k for k in parquet_keys if k not in table.column_names]
             if missing:
                 raise LeRobotFormatError(f"{path}: columns {missing} declared in info.json are missing")
-            tables.append(table.select(parquet_keys))
-            self.row_source.append((path, table.num_rows))
-        table = pa.concat_tables(tables) if tables else None
-        if table is None:
-            raise LeRobotFormatError(f"{meta.root}: dataset has no data files")
-        if len(positions) < len(meta.episodes):  # a subset of episodes: drop the other episodes' rows
-            wanted = meta.episodes.episode_index[positions]
-            table = table.filter(pa.array(np.isin(table.column("episode_index").to_numpy(), wanted)))
-        order = np.argsort(table.column("index").to_numpy(), kind="stable")
-        if (order != np.arange(len(order))).any():
-            table = table.take(pa.array(order))
+            table = table.select(parquet_keys)
+            keep = np.arange(table.num_rows)
+            if subset is not None:  # a subset of episodes: drop the other episodes' rows
+                episode = self._column(table.column("episode_index"), meta.features["episode_index"], f"{path}")
+                keep = np.flatnonzero(np.isin(episode, subset))
+                table = table.take(pa.array(keep))
+            row_file.append(np.full(len(keep), file_id, np.int64))
+            row_in_file.append(keep)
+            for key in parquet_keys:
+                parts[key].append(self._column(table.column(key), meta.features[key], f"{path}: column {key!r}"))
+        self._row_file = np.concatenate(row_file)
+        self._row_in_file = np.concatenate(row_in_file)
+        self.tabular: dict[str, np.ndarray] = {}
+        self.images: dict[str, pa.Array] = {}
         for key in parquet_keys:
-            feature = meta.features[key]
-            column = table.column(key)
-            if feature["dtype"] == "image":
-                self.images[key] = pc.struct_field(column.combine_chunks(), "bytes")
+            if meta.features[key]["dtype"] == "image":
+                self.images[key] = pa.concat_arrays(parts[key])
             else:
-                try:
-                    self.tabular[key] = _to_numpy(column, feature)
-                except (ValueError, TypeError, pa.ArrowException) as err:
-                    files = ", ".join(str(p) for p in paths)
-                    raise LeRobotFormatError(
-                        f"{files}: column {key!r} does not hold {feature['dtype']}{list(feature['shape'])} ({err})"
-                    ) from err
-        self.num_rows = table.num_rows
+                self.tabular[key] = np.concatenate(parts[key])
+        order = np.argsort(self.tabular["index"], kind="stable")
+        if (order != np.arange(len(order))).any():
+            self._row_file, self._row_in_file = self._row_file[order], self._row_in_file[order]
+            self.tabular = {k: v[order] for k, v in self.tabular.items()}
+            self.images = {k: v.take(pa.array(order)) for k, v in self.images.items()}
+        self.num_rows = len(order)
+
+    @staticmethod
+    def _column(column: pa.ChunkedArray, feature: Mapping[str, Any], where: str) -> Any:
+        if feature["dtype"] == "image":
+            if not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+                raise LeRobotFormatError(f"{where}: image column is {column.type}, not struct<bytes, path>")
+            return pc.struct_field(column.combine_chunks(), "bytes")
+        if feature["dtype"] == "string":
+            return np.array(column.to_pylist(), dtype=object)
+        return column_to_numpy(column, feature, f"{where} does not hold {feature['dtype']}{list(feature['shape'])}")
 
     def where(self, row: int) -> str:
-        start = 0
-        for path, rows in self.row_source:
-            if row < start + rows:
-                return f"{path} row {row - start}"
-            start += rows
-        return f"row {row}"
-
-
-def _to_numpy(column: pa.ChunkedArray, feature: Mapping[str, Any]) -> np.ndarray:
-    if feature["dtype"] == "string":
-        return np.array(column.to_pylist(), dtype=object)
-    dtype = np.dtype(feature["dtype"])
-    shape = tuple(int(s) for s in feature["shape"])
-    array = column.combine_chunks()
-    if array.null_count:
-        raise ValueError(f"{array.null_count} null values")
-    while pa.types.is_fixed_size_list(array.type) or pa.types.is_list(array.type):
-        array = array.flatten()
-    values = array.to_numpy(zero_copy_only=False)
-    if shape == (1,):
-        return values.astype(dtype, copy=False).reshape(len(column))
-    return values.astype(dtype, copy=False).reshape((len(column), *shape))
+        return f"{self.paths[self._row_file[row]]} row {self._row_in_file[row]}"
 
 
 class LeRobotDataset:

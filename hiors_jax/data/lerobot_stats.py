@@ -49,17 +49,30 @@ def _to_list(x: np.ndarray) -> list:
 
 
 def array_stats(values: np.ndarray) -> dict[str, Any]:
-    """Stats over axis 0 of (N, ...) numeric values; min/max keep the feature's dtype."""
+    """Stats of (N, ...) numeric values per component of the last axis; min/max keep the feature's dtype.
+
+    Like lerobot 0.4: scalars and vectors reduce over frames; an N-d feature, e.g. a (50, 14) state chunk,
+    reduces over frames and every axis but the last, giving (14,) stats (lerobot itself returns (50, 14) for a
+    one-frame episode, which its aggregation then cannot stack; here the layout never depends on the length).
+    `count` is the number of frames.
+    """
     values = np.asarray(values)
+    frames = len(values)
     if values.ndim == 1:
         values = values[:, None]
-    as_float = values.astype(np.float64)
+    samples = values.reshape(int(np.prod(values.shape[:-1])), values.shape[-1])
+    if not len(samples):  # a zero-size axis before the last: nothing to reduce
+        empty = [float("nan")] * values.shape[-1]
+        return {"min": empty, "max": empty, "mean": empty, "std": empty, "count": [frames]} | {
+            name: empty for name in QUANTILES
+        }
+    as_float = samples.astype(np.float64)
     stats = {
-        "min": _to_list(values.min(axis=0)),
-        "max": _to_list(values.max(axis=0)),
+        "min": _to_list(samples.min(axis=0)),
+        "max": _to_list(samples.max(axis=0)),
         "mean": _to_list(as_float.mean(axis=0)),
         "std": _to_list(as_float.std(axis=0)),
-        "count": [int(len(values))],
+        "count": [frames],
     }
     for name, q in QUANTILES.items():
         stats[name] = _to_list(np.quantile(as_float, q, axis=0))

@@ -32,7 +32,9 @@ from PIL import Image
 
 from hiors_jax.data.lerobot_meta import (
     DEFAULT_FEATURES,
+    MAX_FEATURE_DIMS,
     LeRobotFormatError,
+    column_to_numpy,
     image_hwc_shape,
     load_meta,
 )
@@ -59,22 +61,69 @@ def _hf_feature(feature: Mapping[str, Any]) -> dict[str, Any]:
     """The `datasets.Features` JSON lerobot 0.4 (datasets 4) stores in the parquet `huggingface` metadata."""
     if feature["dtype"] == "image":
         return {"_type": "Image"}
-    if list(feature["shape"]) == [1]:
+    shape = [int(s) for s in feature["shape"]]
+    if shape == [1]:
         return {"dtype": feature["dtype"], "_type": "Value"}
-    return {
-        "feature": {"dtype": feature["dtype"], "_type": "Value"},
-        "length": int(feature["shape"][0]),
-        "_type": "List",
-    }
+    if shape == [0]:  # see _arrow_type
+        return {"feature": {"dtype": feature["dtype"], "_type": "Value"}, "_type": "List"}
+    if len(shape) == 1:
+        return {"feature": {"dtype": feature["dtype"], "_type": "Value"}, "length": shape[0], "_type": "List"}
+    return {"shape": shape, "dtype": feature["dtype"], "_type": f"Array{len(shape)}D"}
+
+
+class _HFArrayType(pa.ExtensionType):
+    """datasets' Array2D..Array5D column type (nested lists), which lerobot uses for N-d numeric features.
+
+    Written with datasets' extension name and metadata, so `datasets` (and so lerobot) reads these columns as
+    its own ArrayND; other readers see the nested-list storage. Never registered with pyarrow: registering
+    would clash with `datasets` registering the same name when both are imported in one process.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: str):
+        self.shape, self.value_type = tuple(shape), dtype
+        storage = pa.from_numpy_dtype(np.dtype(dtype))
+        for _ in shape:
+            storage = pa.list_(storage)
+        super().__init__(storage, f"datasets.features.features.Array{len(shape)}DExtensionType")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return json.dumps((list(self.shape), self.value_type)).encode()
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> _HFArrayType:
+        shape, dtype = json.loads(serialized)
+        return cls(tuple(shape), dtype)
 
 
 def _arrow_type(feature: Mapping[str, Any]) -> pa.DataType:
     if feature["dtype"] == "image":
         return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     scalar = pa.from_numpy_dtype(np.dtype(feature["dtype"]))
-    if list(feature["shape"]) == [1]:
+    shape = [int(s) for s in feature["shape"]]
+    if shape == [1]:
         return scalar
-    return pa.list_(scalar, int(feature["shape"][0]))
+    if shape == [0]:  # pyarrow cannot read back a parquet fixed_size_list[0]; empty variable lists it can
+        return pa.list_(scalar)
+    if len(shape) == 1:
+        return pa.list_(scalar, shape[0])
+    return _HFArrayType(tuple(shape), feature["dtype"])
+
+
+def _numeric_column(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """Arrow column of (rows, *shape) native-order values in the layout `_arrow_type` chose."""
+    if isinstance(arrow_type, _HFArrayType):
+        array: pa.Array = pa.array(values.reshape(-1))
+        shape = arrow_type.shape
+        for level in reversed(range(len(shape))):  # innermost lists first: rows * prod(shape[:level]) of them
+            count = values.shape[0] * int(np.prod(shape[:level], dtype=np.int64))
+            offsets = np.arange(count + 1, dtype=np.int64) * shape[level]
+            array = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), array)
+        return pa.ExtensionArray.from_storage(arrow_type, array)
+    if pa.types.is_list(arrow_type):  # shape [0]: every row an empty list
+        return pa.ListArray.from_arrays(pa.array(np.zeros(values.shape[0] + 1, np.int32)), pa.array(values.reshape(-1)))
+    if pa.types.is_fixed_size_list(arrow_type):
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), arrow_type.list_size)
+    return pa.array(values, type=arrow_type)
 
 
 def _normalise_features(features: Mapping[str, Mapping[str, Any]], use_videos: bool) -> dict[str, dict[str, Any]]:
@@ -102,8 +151,11 @@ def _normalise_features(features: Mapping[str, Mapping[str, Any]], use_videos: b
             if dtype == "video" and (h % 2 or w % 2):
                 raise ValueError(f"video feature {key!r}: height and width must be even for yuv420p, got {h}x{w}")
         elif dtype in _NUMERIC_DTYPES:
-            if len(shape) != 1:
-                raise ValueError(f"feature {key!r}: only 1-D numeric features are supported, got shape {shape}")
+            if not 1 <= len(shape) <= MAX_FEATURE_DIMS or min(shape) < 0:
+                raise ValueError(
+                    f"feature {key!r}: numeric shape {shape} must have 1 to {MAX_FEATURE_DIMS} non-negative dims "
+                    "(lerobot stores at most 5-D arrays)"
+                )
         else:
             raise ValueError(f"feature {key!r}: dtype {dtype!r} not supported (numeric, 'image' or 'video')")
         result[key] = {"dtype": dtype, "shape": shape, "names": names}
@@ -371,13 +423,15 @@ class LeRobotDatasetWriter:
             raise FrameValidationError(
                 f"feature {key!r}: expected a numpy array {dtype}{list(shape)}, got {type(value)}"
             )
-        if value.dtype != expected:
+        # The same dtype in the other byte order ('>f4' for float32) is the same values: stored natively.
+        if value.dtype.newbyteorder("=") != expected.newbyteorder("="):
             raise FrameValidationError(f"feature {key!r}: dtype {value.dtype} does not match declared {dtype}")
         if value.shape != shape and not (shape == (1,) and value.shape == ()):
             raise FrameValidationError(f"feature {key!r}: shape {value.shape} does not match declared {shape}")
+        value = value.astype(expected)  # native byte order, contiguous, and a copy the caller cannot change
         if expected.kind == "f" and not np.isfinite(value).all():
             raise FrameValidationError(f"feature {key!r}: contains NaN or infinity")
-        return value.item() if shape == (1,) else value.copy()
+        return value.item() if shape == (1,) else value
 
     # ---------------------------------------------------------------- episodes
     def clear_episode_buffer(self) -> None:
@@ -469,12 +523,12 @@ class LeRobotDatasetWriter:
 
     def _column(self, key: str, values: list) -> pa.Array:
         arrow_type = self._schema.field(key).type
-        if pa.types.is_fixed_size_list(arrow_type):
-            flat = np.stack(values).astype(arrow_type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
-            return pa.FixedSizeListArray.from_arrays(pa.array(flat), arrow_type.list_size)
         if pa.types.is_struct(arrow_type):
             return pa.array(values, type=arrow_type)
-        return pa.array(np.asarray(values, dtype=arrow_type.to_pandas_dtype()), type=arrow_type)
+        dtype = np.dtype(self._all_features[key]["dtype"])
+        shape = tuple(self._all_features[key]["shape"])
+        array = np.asarray(values, dtype=dtype)
+        return _numeric_column(array.reshape((len(values), *([] if shape == (1,) else shape))), arrow_type)
 
     def _write_data(self, table: pa.Table) -> dict[str, int]:
         estimate = table.nbytes
@@ -524,12 +578,8 @@ class LeRobotDatasetWriter:
             if feature["dtype"] in ("image", "video"):
                 stats[key] = image_stats(self._samplers[key].frames, length)
             else:
-                column = table.column(key).combine_chunks()
-                if pa.types.is_fixed_size_list(column.type):
-                    values = column.flatten().to_numpy().reshape(length, -1)
-                else:
-                    values = column.to_numpy(zero_copy_only=False)
-                stats[key] = array_stats(values)
+                # Over frames only (axis 0), as lerobot: an (H, D) feature gets (H, D) stats.
+                stats[key] = array_stats(column_to_numpy(table.column(key), feature, f"episode column {key!r}"))
         return stats
 
     # ---------------------------------------------------------------- finalize
