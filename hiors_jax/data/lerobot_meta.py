@@ -364,6 +364,40 @@ def load_meta(root: str | pathlib.Path) -> DatasetMeta:
     meta = DatasetMeta(
         root=root, info=info, episodes=episodes, tasks=load_tasks(root, info["codebase_version"]), stats=stats
     )
+    check_episode_table(meta)
     if video_keys and not info.get("video_path"):
         raise LeRobotFormatError(f"{root / 'meta' / 'info.json'}: video features present but video_path is null")
     return meta
+
+
+def check_episode_table(meta: DatasetMeta) -> None:
+    """Episode metadata must describe one contiguous run of rows per episode, and agree with info.json."""
+    eps = meta.episodes
+    where = meta.root / "meta" / "episodes.jsonl" if meta.version == "v2.1" else meta.root / "meta" / "episodes"
+    repeated = np.flatnonzero(np.diff(eps.episode_index) == 0)
+    if len(repeated):
+        raise LeRobotFormatError(f"{where}: episode {eps.episode_index[repeated[0]]} is listed more than once")
+    empty = eps.length < 1
+    if empty.any():
+        raise LeRobotFormatError(f"{where}: episode {eps.episode_index[np.argmax(empty)]} has length < 1")
+    span = eps.dataset_to_index - eps.dataset_from_index
+    wrong_span = span != eps.length
+    if wrong_span.any():
+        i = int(np.argmax(wrong_span))
+        raise LeRobotFormatError(
+            f"{where}: episode {eps.episode_index[i]} covers index range [{eps.dataset_from_index[i]}, "
+            f"{eps.dataset_to_index[i]}) but has length {eps.length[i]}"
+        )
+    starts = np.concatenate([[0], eps.dataset_to_index[:-1]])
+    gap = eps.dataset_from_index != starts
+    if gap.any():
+        i = int(np.argmax(gap))
+        raise LeRobotFormatError(
+            f"{where}: episode {eps.episode_index[i]} starts at index {eps.dataset_from_index[i]}, expected "
+            f"{starts[i]} (episode index ranges must follow each other from 0 without gaps or overlaps)"
+        )
+    info_path = meta.root / "meta" / "info.json"
+    frames = int(eps.length.sum())
+    for field, actual in (("total_frames", frames), ("total_episodes", len(eps))):
+        if field in meta.info and int(meta.info[field]) != actual:
+            raise LeRobotFormatError(f"{info_path}: {field} is {meta.info[field]} but the episodes hold {actual}")

@@ -193,32 +193,70 @@ class LeRobotDataset:
         return (type(self), args)
 
     def _locate_episodes(self) -> None:
-        """Row -> episode position, and each episode's [from, to) in row positions, checked against metadata."""
-        eps = self.meta.episodes
-        index, episode_of_row = self._cols.tabular["index"], self._cols.tabular["episode_index"]
+        """Row -> episode position and each episode's [from, to) rows, after checking the rows against metadata.
+
+        Vectorised over whole columns (cheap to open big datasets). Refuses, naming file and row: rows of an
+        unknown episode, `index` outside its episode's range or repeated, missing rows, `frame_index` that is
+        not the row's position in its episode (a repeated or reordered row), a `timestamp` that is not
+        frame_index / fps (info.json's fps disagreeing with the data: video frames would be looked up at the
+        wrong time), and task_index outside meta/tasks.
+        """
+        eps, cols = self.meta.episodes, self._cols
+        index, episode_of_row = cols.tabular["index"], cols.tabular["episode_index"]
         pos = np.clip(np.searchsorted(eps.episode_index, episode_of_row), 0, max(len(eps) - 1, 0))
         unknown = eps.episode_index[pos] != episode_of_row
         if unknown.any():
             bad = int(np.argmax(unknown))
             raise LeRobotFormatError(
-                f"{self._cols.where(bad)}: episode {episode_of_row[bad]} is absent from the episode metadata"
+                f"{cols.where(bad)}: episode {episode_of_row[bad]} is absent from the episode metadata"
             )
         offset = index - eps.dataset_from_index[pos]
         outside = (offset < 0) | (offset >= eps.length[pos])
         if outside.any():
             bad = int(np.argmax(outside))
+            raise LeRobotFormatError(f"{cols.where(bad)}: row index {index[bad]} lies outside its episode's range")
+        repeated = np.flatnonzero(np.diff(index) == 0)  # rows are sorted by index
+        if len(repeated):
+            bad = int(repeated[0]) + 1
+            raise LeRobotFormatError(f"{cols.where(bad)}: index {index[bad]} appears on more than one row")
+        counts = np.bincount(pos, minlength=len(eps))[self.episode_positions]
+        short = counts != eps.length[self.episode_positions]
+        if short.any():
+            p = self.episode_positions[int(np.argmax(short))]
             raise LeRobotFormatError(
-                f"{self._cols.where(bad)}: row index {index[bad]} lies outside its episode's range"
+                f"{self.root}: episode {eps.episode_index[p]} has {counts[int(np.argmax(short))]} rows in "
+                f"{', '.join(str(path) for path in cols.paths)} but its metadata says length {eps.length[p]}"
+            )
+        frame_index = cols.tabular["frame_index"]
+        wrong_frame = frame_index != offset
+        if wrong_frame.any():
+            bad = int(np.argmax(wrong_frame))
+            raise LeRobotFormatError(
+                f"{cols.where(bad)}: frame_index {frame_index[bad]}, but the row is frame {offset[bad]} of episode "
+                f"{episode_of_row[bad]} (a repeated, missing or reordered row)"
+            )
+        timestamp = cols.tabular["timestamp"].astype(np.float64)
+        expected = frame_index / self.meta.fps
+        # lerobot stores float32 seconds: allow their rounding on top of the lookup tolerance.
+        allowed = self.tolerance_s + np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+        off = np.abs(timestamp - expected) > allowed
+        if off.any():
+            bad = int(np.argmax(off))
+            raise LeRobotFormatError(
+                f"{cols.where(bad)}: timestamp {timestamp[bad]:.6f} is not frame_index / fps = {frame_index[bad]} / "
+                f"{self.meta.fps} (meta/info.json fps disagrees with the data, or the row is repeated)"
+            )
+        task_index = cols.tabular["task_index"]
+        bad_task = (task_index < 0) | (task_index >= len(self.meta.tasks))
+        if bad_task.any():
+            bad = int(np.argmax(bad_task))
+            raise LeRobotFormatError(
+                f"{cols.where(bad)}: task_index {task_index[bad]} is not in meta/tasks ({len(self.meta.tasks)} tasks)"
             )
         rows = np.arange(len(index))
         self._ep_from = np.full(len(eps), -1, np.int64)
         self._ep_from[pos] = rows - offset
         self._ep_to = self._ep_from + eps.length
-        counts = np.bincount(pos, minlength=len(eps))[self.episode_positions]
-        short = counts != eps.length[self.episode_positions]
-        if short.any() or (self._ep_from[pos] != rows - offset).any():
-            e = int(eps.episode_index[self.episode_positions[int(np.argmax(short))]])
-            raise LeRobotFormatError(f"{self.root}: rows of episode {e} do not match its metadata (length/index)")
         self._row_episode = pos
 
     def __len__(self) -> int:
