@@ -21,7 +21,9 @@ Actor::
     queue.insert(transition); client.update()
 
 Every upload is keyed by (actor id, run epoch, store, seq): restarts of either side and several actors per
-store neither lose nor duplicate transitions. `wire="agentlace"` on both classes speaks agentlace's own
+store neither lose nor duplicate transitions. With `auth_key` every message is authenticated and fresh: each
+names a learner-issued session and a counter, admitted once, so captured traffic replayed later (to the
+same or a restarted learner) does nothing. `wire="agentlace"` on both classes speaks agentlace's own
 lz4+pickle protocol (unauthenticated; it warns) so unmodified agentlace peers can connect.
 """
 

@@ -96,13 +96,24 @@ class TrainerClient:
         self._update_lock = threading.Lock()
         self._sock: zmq.Socket | None = None
         self._rid = 0
+        self._session: bytes | None = None  # learner-issued; every message names it (see freshness.py)
+        self._sent_in: dict[int, bytes | None] = {}  # rid -> session it was sent in, until answered
+        self._publisher: int | None = None  # learner run whose broadcasts we accept (learned in a fresh reply)
+        self._network_floor = 0  # broadcasts older than the newest the learner had when we joined are stale
+        self._network_refetch = threading.Event()
         self._server_run: int | None = None
         self._cursors: dict[tuple[str, int], int] = {}  # (store, epoch) -> next seq to send
         self._legacy_offsets: dict[str, int] = {}
         self._last_ok = 0.0
         self._last_request_time = 0.0
         self.connected = False
-        self.stats: dict[str, int] = {"uploaded_items": 0, "uploads": 0, "timeouts": 0, "rejected_items": 0}
+        self.stats: dict[str, int] = {
+            "uploaded_items": 0,
+            "uploads": 0,
+            "timeouts": 0,
+            "rejected_items": 0,
+            "stale_broadcasts": 0,
+        }
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._network_cb: Callable | None = None
@@ -154,6 +165,7 @@ class TrainerClient:
         """A request went unanswered: replace the socket so a late reply can never be taken for a later one."""
         self.stats["timeouts"] += 1
         self.connected = False
+        self._sent_in.clear()
         self._new_socket()
 
     def _send_frames(self, frames: list) -> bool:
@@ -190,14 +202,47 @@ class TrainerClient:
             return self._recv_frames(timeout_ms)
 
     def _send(self, msg: dict) -> int | None:
-        """Send a safe-wire request; returns its id (None when it could not be sent)."""
+        """Send a safe-wire request in the current session (opened first if needed); returns its id (None when
+        it could not be sent)."""
         with self._sock_lock:
+            if self._session is None and not self._open_session():
+                return None
             self._rid += 1
-            return self._rid if self._send_frames(self._envelope.pack({**msg, "rid": self._rid})) else None
+            if not self._send_frames(self._envelope.pack({**msg, "rid": self._rid, "sid": self._session})):
+                return None
+            self._sent_in[self._rid] = self._session
+            return self._rid
+
+    def _open_session(self) -> bool:
+        """Ask the learner for a fresh session; its reply must echo our random nonce (so it is not a replay)."""
+        with self._sock_lock:
+            nonce = os.urandom(16)
+            self._rid += 1
+            rid = self._rid
+            if not self._send_frames(self._envelope.pack({"t": "session", "nonce": nonce, "rid": rid})):
+                return False
+            self._sent_in[rid] = None
+            reply = self._receive(rid)
+            if reply is None:
+                return False
+            if not reply.get("ok"):
+                raise ConnectionError(f"learner refused to open a session: {reply.get('error')}")
+            session = reply.get("session")
+            if reply.get("nonce") != nonce or not isinstance(session, bytes):
+                self._fail()
+                raise WireError("session reply does not answer our request (replayed or forged)")
+            self._session = session
+            if reply.get("run") != self._publisher:  # a (re)started learner: its broadcasts from now on
+                self._publisher = reply.get("run")
+                info = reply.get("network")
+                self._network_floor = info[1] if isinstance(info, list) and len(info) == 2 and info[1] else 0
+                self._network_refetch.set()  # its newest weights, without waiting for the next publish
+            return True
 
     def _receive(self, rid: int, timeout_ms: int | None = None, envelope: Envelope | None = None) -> dict | None:
         """The reply to request `rid` (requests are answered in order). None on timeout."""
         with self._sock_lock:
+            session = self._sent_in.pop(rid, None)
             frames = self._recv_frames(timeout_ms or self.timeout_ms)
             if frames is None:
                 return None
@@ -217,9 +262,15 @@ class TrainerClient:
                 if error.startswith("unauthenticated"):
                     raise AuthError(f"learner refused our message: {error} (are both sides using the same auth_key?)")
                 raise WireError(f"learner refused our message: {error}")
-            if reply.get("rid") != rid:
+            if reply.get("rid") != rid or reply.get("sid") != session:
                 self._fail()
-                raise WireError(f"reply id {reply.get('rid')!r} does not match request {rid}")
+                raise WireError(f"reply {reply.get('rid')!r} does not answer request {rid} of this session")
+            if reply.get("stale"):
+                # The learner did not act on the message (it restarted, or the session expired): open a new
+                # session and re-synchronise; callers resend.
+                log.warning("learner refused a message as stale (%s); opening a new session", reply.get("error"))
+                self._session = None
+                self._server_run = None
             self.connected = True
             self._last_ok = time.monotonic()
             self._note_network(reply)
@@ -231,8 +282,12 @@ class TrainerClient:
 
     def _call(self, msg: dict, timeout_ms: int | None = None, envelope: Envelope | None = None) -> dict | None:
         with self._sock_lock:
-            rid = self._send(msg)
-            return None if rid is None else self._receive(rid, timeout_ms, envelope)
+            for _ in range(2):  # a stale reply means the learner did not act on it: once more in a new session
+                rid = self._send(msg)
+                reply = None if rid is None else self._receive(rid, timeout_ms, envelope)
+                if reply is None or not reply.get("stale"):
+                    return reply
+            return reply
 
     def _legacy_call(self, msg: dict) -> Any:
         with self._sock_lock:
@@ -262,6 +317,7 @@ class TrainerClient:
             return True
         streams = self._all_streams()
         rows = [[name, s.epoch, s.bind(self.actor_id)] for name, s in streams]
+        self._session = None  # a new session per handshake: nothing sent before it can be replayed into it
         reply = self._call({"t": "hello", "config": self._config_json, "actor": self.actor_id, "streams": rows})
         if reply is None:
             return False
@@ -517,9 +573,16 @@ class TrainerClient:
             sub.setsockopt(zmq.MAXMSGSIZE, MAX_CHUNK_FRAME_BYTES)
         sub.connect(f"tcp://{self.server_ip}:{self.config.broadcast_port}")
         if self.wire == "safe":
-            self._fetch_latest_network()
+            self._network_refetch.set()
         try:
             while not self._stop.is_set():
+                if self.wire == "safe" and self._network_refetch.is_set():
+                    self._network_refetch.clear()
+                    try:  # a ping first: its reply names the learner's newest version now
+                        if self._call({"t": "ping", "actor": self.actor_id}) is not None:
+                            self._fetch_latest_network()
+                    except (WireError, ConnectionError) as exc:
+                        log.warning("could not fetch the latest weights: %s", exc)
                 if not sub.poll(100, zmq.POLLIN):
                     continue
                 frames = sub.recv_multipart(copy=False)
@@ -547,7 +610,8 @@ class TrainerClient:
         """Pull the newest retained broadcast chunk by chunk over request/reply (on connect, and whenever
         a broadcast arrived incomplete), so weights do not depend on PUB timing or queue limits."""
         count, version = self._pending_network
-        if not count or (self.network_version is not None and version <= self.network_version):
+        done = self._assembler.completed
+        if not count or (done is not None and done[0] == self._publisher and version <= done[1]):
             return
         try:
             for index in range(count):
@@ -561,6 +625,15 @@ class TrainerClient:
             log.warning("could not fetch the latest weights: %s", exc)
 
     def _feed_network(self, msg: Any) -> None:
+        # Weights are fresh only from the learner run we hold a session with (learned from a reply that echoed
+        # our nonce), and no older than what that learner had when we joined: a replayed broadcast of an
+        # earlier run or version cannot roll the policy back.
+        if isinstance(msg, dict) and self.wire == "safe":
+            version = msg.get("v")
+            if msg.get("pub") != self._publisher or not isinstance(version, int) or version < self._network_floor:
+                self.stats["stale_broadcasts"] += 1
+                log.warning("ignored a weight broadcast from run %s v%s (not fresh)", msg.get("pub"), version)
+                return
         with self._assembler_lock:
             done = self._assembler.feed(msg)
         if done is not None:

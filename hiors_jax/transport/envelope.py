@@ -6,8 +6,9 @@ count, every frame's length and every frame's bytes under the one-time key HMAC-
 Nothing can be added, dropped, reordered or altered without the shared key. Poly1305 (OpenSSL, via
 `cryptography`) runs at several GB/s where HMAC-SHA256 manages about 1 GB/s, so authenticating multi-GB
 weight broadcasts costs little. Receivers check the tag, sizes and MAC before parsing the header, so an
-unauthenticated peer never reaches msgpack. Replays of whole messages are not detected here; uploads are
-idempotent (deduplicated by id), which makes replaying them harmless.
+unauthenticated peer never reaches msgpack. A MAC alone does not make a message fresh: replays are refused
+one level up, by the learner's sessions and anti-replay windows (`freshness.py`), on the fields this MAC
+covers.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@ REQ clients connect to it unchanged), weights on PUB.
 Differences from agentlace that users can rely on:
 * every upload is keyed by (actor id, run epoch, store, seq) and deduplicated in a `Ledger`, so restarts
   of either side and several actors on one store neither lose nor duplicate items;
-* a malformed, oversized, unauthenticated message, or a callback that raises, is logged and answered
-  with an error; the server keeps serving;
+* safe-wire messages are fresh: each names a learner-issued session and a counter under the MAC, admitted
+  once (`freshness.py`), so a captured upload or request replayed to this learner or a restarted one, on
+  any connection, has no effect;
+* a malformed, oversized, unauthenticated or stale message, or a callback that raises, is logged and
+  answered with an error; the server keeps serving;
 * weights are versioned, optionally bf16, and chunked.
 """
 
@@ -27,6 +30,7 @@ from hiors_jax.transport.codec import WireError
 from hiors_jax.transport.config import TrainerConfig
 from hiors_jax.transport.datastore import DataStoreBase, new_epoch
 from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, AuthError, Envelope, normalize_key
+from hiors_jax.transport.freshness import DEFAULT_MAX_SESSIONS, SessionTable, StaleMessage
 from hiors_jax.transport.ledger import Ledger
 from hiors_jax.transport.weights import DEFAULT_CHUNK_BYTES, chunk_messages
 
@@ -121,6 +125,7 @@ class TrainerServer:
         ack: str = "insert",
         ledger_path: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         pub_hwm: int = 1024,
         retain_latest_network: bool = True,
@@ -159,6 +164,7 @@ class TrainerServer:
         self._stores: dict[str, DataStoreBase] = {}
         self.last_update_id_map: dict[str, int] = {}  # agentlace cursor (wire="agentlace" only)
         self.ledger = Ledger()
+        self._sessions = SessionTable(max_sessions=max_sessions)
         if ledger_path is not None:
             self.ledger.restore(Ledger.load_marks(ledger_path))
         self._ingest_lock = threading.RLock()
@@ -179,6 +185,7 @@ class TrainerServer:
             "callback_errors": 0,
             "rejected_items": 0,
             "skipped_items": 0,
+            "stale_messages": 0,
         }
         self.actors: dict[str, dict[str, Any]] = {}
         self._ctx = context or zmq.Context.instance()
@@ -314,14 +321,7 @@ class TrainerServer:
 
         def run() -> None:
             reply = self._request(msg.get("type"), msg.get("payload"))
-            reply.update(run=self.run_id, rid=msg.get("rid"))
-            try:
-                frames = self._envelope.pack(reply)
-            except WireError as exc:
-                error = f"reply could not be encoded: {exc}"
-                log.error("request %r: %s", msg.get("type"), error)
-                frames = self._envelope.pack({"ok": False, "error": error, "run": self.run_id, "rid": msg.get("rid")})
-            self._deferred.put((identity, frames))
+            self._deferred.put((identity, self._pack_reply(reply, msg)))
 
         self._requests_in_flight += 1
         self._request_worker.submit(run)
@@ -345,9 +345,22 @@ class TrainerServer:
         except WireError as exc:
             self._reject("malformed", str(exc))
             return self._envelope.pack_unsigned_error("malformed: " + str(exc))
+        if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+            self._reject("invalid", "message is not a dict with a string 't' field")
+            return self._pack_reply({"ok": False, "error": "message is not a dict with a string 't' field"}, {})
         try:
-            if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
-                raise WireError("message is not a dict with a string 't' field")
+            if msg["t"] == "session":
+                return self._pack_reply(self._open_session(msg), msg)
+            # Freshness before anything else: a replayed or duplicated message has no effect at all.
+            self._sessions.admit(msg.get("sid"), msg.get("rid"))
+        except StaleMessage as exc:
+            self.stats["stale_messages"] += 1
+            self._reject("stale", f"stale message ({msg['t']!r}): {exc}")
+            return self._pack_reply({"ok": False, "error": f"stale: {exc}", "stale": True}, msg)
+        except WireError as exc:
+            self._reject("invalid", str(exc))
+            return self._pack_reply({"ok": False, "error": str(exc)}, msg)
+        try:
             if msg["t"] == "req" and self.request_callback is not None:
                 self._seen(msg.get("actor"))
                 self._defer_request(identity, msg)
@@ -356,21 +369,25 @@ class TrainerServer:
         except WireError as exc:
             self._reject("invalid", str(exc))
             reply = {"ok": False, "error": str(exc)}
-        reply["run"] = self.run_id
-        if isinstance(msg, dict):
-            reply["rid"] = msg.get("rid")
+        return self._pack_reply(reply, msg)
+
+    def _pack_reply(self, reply: dict, msg: dict) -> list:
+        """Sign `reply`, bound to the request it answers (its session and counter) and to this learner run."""
+        reply.update(run=self.run_id, rid=msg.get("rid"), sid=msg.get("sid"))
         try:
             return self._envelope.pack(reply)
         except WireError as exc:  # e.g. a request callback returned an object msgpack cannot carry
-            log.error("reply could not be encoded: %s", exc)
+            log.error("reply to %r could not be encoded: %s", msg.get("t"), exc)
+            error = f"reply could not be encoded: {exc}"
             return self._envelope.pack(
-                {
-                    "ok": False,
-                    "error": f"reply could not be encoded: {exc}",
-                    "run": self.run_id,
-                    "rid": reply.get("rid"),
-                }
+                {"ok": False, "error": error, "run": self.run_id, "rid": msg.get("rid"), "sid": msg.get("sid")}
             )
+
+    def _open_session(self, msg: dict) -> dict:
+        nonce = msg.get("nonce")
+        if not isinstance(nonce, bytes) or not 16 <= len(nonce) <= 64:
+            raise WireError("session request needs a random nonce of 16..64 bytes")
+        return {"ok": True, "session": self._sessions.open(), "nonce": nonce, "network": self._network_info()}
 
     def _dispatch(self, msg: dict) -> dict:
         kind = msg["t"]

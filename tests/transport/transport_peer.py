@@ -1,8 +1,9 @@
 """Learner and actor processes for the transport integration tests (run as scripts by the tests).
 
-learner: a TrainerServer with ack="persist" whose replay (here: the ids it received) is saved together with
-the transport marks in one atomic file, as a real learner's replay checkpoint would be. On restart it
-reloads both, so nothing is lost or counted twice. SIGTERM persists once more and exits.
+learner: a TrainerServer (ack="persist" unless --ack says otherwise) whose replay (here: the ids it received)
+is saved together with the transport marks in one atomic file, as a real learner's replay checkpoint would
+be. On restart it reloads both, so nothing is lost or counted twice. SIGTERM persists once more and exits.
+With --requests-log every request callback call appends its payload there.
 
 actor: inserts `--count` transitions (uint8 camera images, 50x14 chunks) with unique ids, logs each id after
 `insert` returns, uploads in the background and on every 10th step, then waits until the learner has
@@ -53,7 +54,15 @@ def run_learner(args: argparse.Namespace) -> None:
     state_path = Path(args.state)
     state = json.loads(state_path.read_text()) if state_path.exists() else {"ids": [], "marks": []}
     store = IdStore(state["ids"])
-    server = TrainerServer(config, ack="persist")
+
+    def log_request(kind, payload):  # a request callback with a visible effect: one line per call
+        with open(args.requests_log, "a") as f:
+            f.write(json.dumps(payload) + "\n")
+        return {"logged": True}
+
+    server = TrainerServer(
+        config, ack=args.ack, auth_key=args.auth_key, request_callback=log_request if args.requests_log else None
+    )
     server.restore_marks(state["marks"])
     server.register_data_store("actor_env", store)
     server.start(threaded=True)
@@ -129,6 +138,9 @@ def main() -> None:
     parser.add_argument("--state")
     parser.add_argument("--ready")
     parser.add_argument("--persist-every", type=float, default=0.1)
+    parser.add_argument("--ack", default="persist")
+    parser.add_argument("--auth-key")
+    parser.add_argument("--requests-log")
     parser.add_argument("--actor-id")
     parser.add_argument("--tag")
     parser.add_argument("--count", type=int, default=100)
