@@ -192,6 +192,7 @@ class EpisodeVideoEncoder:
         self._stream.options = options
         self._stream.codec_context.time_base = fractions.Fraction(1, fps)
         self._count = 0
+        self._closed = False
 
     def add(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -200,9 +201,12 @@ class EpisodeVideoEncoder:
         self._container.mux(self._stream.encode(frame))
 
     def close(self) -> int:
-        """Flush the encoder, close the file; returns the number of frames written."""
-        self._container.mux(self._stream.encode(None))
-        self._container.close()
+        """Flush the encoder, close the file; returns the number of frames written (idempotent, so a failed
+        save_episode can be retried)."""
+        if not self._closed:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            self._closed = True
         return self._count
 
 

@@ -1,13 +1,15 @@
 """Write LeRobot v3.0 datasets (the files, columns and metadata lerobot 0.4 reads) with pyarrow + PyAV.
 
-Crash safety: everything is written into a hidden staging directory next to `root` and moved to `root` by
-`finalize()` with a rename, so `root` never holds a half-written dataset. Appending hard-links the existing
-files into the staging directory (no copy), adds new data/video/episode files with new file indices, rewrites
-only the small meta files (new inodes, never in place) and swaps the directories at the end.
+Crash safety: everything is written into a hidden staging directory next to `root` and swapped in by
+`finalize()` in one atomic step (lerobot_commit.py), so `root` always holds the old or the new dataset, never a
+half-written one. Appending hard-links the existing files into the staging directory (no copy), adds new
+data/video/episode files with new file indices and rewrites only the small meta files (new inodes, never in place).
 
-Saved episodes are durable: `save_episode` closes the episode's own parquet and mp4 files and appends a line
-(fsync'ed) to a journal in the staging directory; `finalize` assembles the rolled data/video files from them.
-After a crash, `LeRobotDatasetWriter.recover(root)` finalizes every episode that had been saved.
+Saved episodes are durable: `save_episode` writes the episode's own parquet and mp4 files and appends an
+fsync'ed line to a journal in the staging directory; only then is the episode accepted. A failed `save_episode`
+(disk full, ...) changes nothing and can be retried. After a crash at any point, the next writer for the same
+root (or `LeRobotDatasetWriter.recover(root)`) completes the interrupted commit, or finalizes every episode that
+had been saved; one writer per root at a time (a lock file beside it).
 
 Video frames are encoded while they are added (one mp4 per camera and episode), so memory stays bounded for
 long recordings; `finalize` appends them to the camera files by remuxing (no re-encode), like lerobot.
@@ -30,6 +32,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from hiors_jax.data.lerobot_commit import (
+    COMMITTED,
+    JOURNAL,
+    WriterLock,
+    atomic_json,
+    cleanup_after_swap,
+    crash_point,
+    finish_commit,
+    fsync_path,
+    staging_dir,
+    swap_in,
+)
 from hiors_jax.data.lerobot_meta import (
     DEFAULT_FEATURES,
     MAX_FEATURE_DIMS,
@@ -168,7 +182,9 @@ class LeRobotDatasetWriter:
     `features` are the user features (lerobot's `timestamp`, `frame_index`, `episode_index`, `index` and
     `task_index` are added). With `use_videos=True` "video" features are encoded (AV1 by default, `vcodec="h264"`
     for H.264); "image" features are stored as PNG bytes in the parquet. `append=True` adds episodes to the
-    existing dataset at `root` (same fps and features).
+    dataset at `root` (same fps and features), creating it when there is none yet.
+
+    Opening a writer first completes whatever a crashed writer for the same root left (see `recover`).
     """
 
     def __init__(
@@ -203,28 +219,29 @@ class LeRobotDatasetWriter:
             "image_stats_frames": image_stats_frames,
         }
         self._configure(config)
-        if self._staging.exists():
-            raise FileExistsError(
-                f"{self._staging} exists: another writer is active, or one crashed (then "
-                f"LeRobotDatasetWriter.recover({str(self.root)!r}) finalizes its saved episodes)"
-            )
-        if append:
-            self._open_for_append()
-        else:
-            if self.root.exists():
-                raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
-            self._staging.mkdir(parents=True)
-            self._base = {
-                "tasks": [],
-                "total_episodes": 0,
-                "total_frames": 0,
-                "data_pos": [0, 0],
-                "video_pos": {k: [0, 0] for k in self._video_keys},
-                "episodes_pos": [0, 0],
-                "prior_stats": None,
-                "video_info": {},
-            }
-        self._start_journal()
+        self._lock: WriterLock | None = WriterLock(self.root)
+        try:
+            self._resume(self.root)
+            if append and self.root.exists():
+                self._open_for_append()
+            else:
+                if self.root.exists():
+                    raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
+                self._staging.mkdir(parents=True)
+                self._base = {
+                    "tasks": [],
+                    "total_episodes": 0,
+                    "total_frames": 0,
+                    "data_pos": [0, 0],
+                    "video_pos": {k: [0, 0] for k in self._video_keys},
+                    "episodes_pos": [0, 0],
+                    "prior_stats": None,
+                    "video_info": {},
+                }
+            self._start_journal()
+        except BaseException:
+            self._release_lock()
+            raise
 
     def _configure(self, config: dict[str, Any]) -> None:
         """Everything derived from the writer's settings (shared by __init__ and recover)."""
@@ -238,8 +255,8 @@ class LeRobotDatasetWriter:
         self.data_limit = self._size_limits_mb[0] * 1024 * 1024
         self.video_limit = self._size_limits_mb[1] * 1024 * 1024
         self._image_stats_frames = config["image_stats_frames"]
-        self._staging = self.root.parent / f".{self.root.name}.writing"
-        self._journal_dir = self._staging / ".journal"
+        self._staging = staging_dir(self.root)
+        self._journal_dir = self._staging / JOURNAL
         self._finalized = False
         self._all_features = {**self.features, **{k: dict(v) for k, v in DEFAULT_FEATURES.items()}}
         self._video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
@@ -266,22 +283,50 @@ class LeRobotDatasetWriter:
         self.total_frames = self._base["total_frames"]
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         (self._staging / ".tmp").mkdir(exist_ok=True)
-        _atomic_json({"config": self._config, "base": self._base}, self._journal_dir / "writer.json")
+        atomic_json({"config": self._config, "base": self._base}, self._journal_dir / "writer.json")
 
     @classmethod
     def recover(cls, root: str | pathlib.Path) -> pathlib.Path:
-        """Finalize the saved episodes of a writer that crashed before `finalize` (its staging dir is kept)."""
+        """Complete what a crashed writer for `root` left: finish an interrupted commit, or finalize the
+        episodes it had saved (its unsaved frames are dropped), or discard a writer that saved nothing.
+
+        Any new writer for `root` does this by itself; call it to tidy up without writing. Raises
+        FileNotFoundError when there was nothing to recover.
+        """
         root = pathlib.Path(root)
-        journal_dir = root.parent / f".{root.name}.writing" / ".journal"
-        state_path = journal_dir / "writer.json"
-        if not state_path.is_file():
-            raise FileNotFoundError(f"{state_path}: no interrupted writer to recover for {root}")
+        lock = WriterLock(root)
+        try:
+            outcome = cls._resume(root)
+        finally:
+            lock.release()
+        if outcome is None:
+            raise FileNotFoundError(f"{staging_dir(root)}: no interrupted writer to recover for {root}")
+        if outcome == "discarded" and not root.exists():
+            raise ValueError(f"{root}: the interrupted writer had saved no episode; nothing to recover")
+        return root
+
+    @classmethod
+    def _resume(cls, root: pathlib.Path) -> str | None:
+        """Roll an interrupted writer forward (or discard it when it saved nothing); call with the lock held.
+
+        Returns "committed", "recovered", "discarded", or None when no writer had been interrupted.
+        """
+        if finish_commit(root):
+            return "committed"
+        staging = staging_dir(root)
+        state_path = staging / JOURNAL / "writer.json"
+        if not state_path.is_file():  # never started, or abort() was under way: nothing was saved
+            if staging.exists():
+                shutil.rmtree(staging)
+                return "discarded"
+            return None
         state = json.loads(state_path.read_text())
         writer = cls.__new__(cls)
+        writer._lock = None  # the caller holds it
         writer._configure(state["config"])
         writer._base = state["base"]
         writer._start_journal()
-        journal = journal_dir / "journal.jsonl"
+        journal = writer._journal_dir / "journal.jsonl"
         lines = journal.read_text().splitlines() if journal.is_file() else []
         for number, line in enumerate(lines):
             try:
@@ -296,8 +341,9 @@ class LeRobotDatasetWriter:
             writer.total_frames += entry["length"]
         if not writer._journal:
             writer.abort()
-            raise ValueError(f"{root}: the interrupted writer had saved no episode; nothing to recover")
-        return writer.finalize()
+            return "discarded"
+        writer._commit()
+        return "recovered"
 
     # ---------------------------------------------------------------- append
     def _open_for_append(self) -> None:
@@ -324,7 +370,10 @@ class LeRobotDatasetWriter:
         self._configure(self._config)
         self._staging.mkdir(parents=True)
         for path in self.root.rglob("*"):  # hard links: the existing files are shared, never modified
-            target = self._staging / path.relative_to(self.root)
+            relative = path.relative_to(self.root)
+            if relative.parts[0] == JOURNAL:
+                continue
+            target = self._staging / relative
             if path.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
             else:
@@ -377,6 +426,11 @@ class LeRobotDatasetWriter:
             raise FrameValidationError(f"frame keys do not match the features: missing {missing}, unexpected {extra}")
         values = {key: self._validate(key, frame[key]) for key in self.features}
         frame_index = self.episode_buffer_size
+        if timestamp is not None and not _timestamp_matches(timestamp, frame_index, self.fps):
+            # Readers (ours and lerobot's video lookup) take frame k to be at k / fps: refuse what they would.
+            raise FrameValidationError(
+                f"timestamp {timestamp} of frame {frame_index} is not frame_index / fps = {frame_index / self.fps}"
+            )
         for key in self._video_keys:
             if key not in self._encoders:
                 h, w, _ = image_hwc_shape(self.features[key])
@@ -447,16 +501,17 @@ class LeRobotDatasetWriter:
         length = self.episode_buffer_size
         if length == 0:
             raise ValueError("save_episode: no frames were added to this episode")
-        task_index = [self.tasks.setdefault(t, len(self.tasks)) for t in self._buffer["task_index"]]
+        # Nothing of the writer's state changes until the episode is journaled, so a failure can be retried.
+        tasks = dict(self.tasks)
+        task_index = [tasks.setdefault(t, len(tasks)) for t in self._buffer["task_index"]]
         columns = [self._column(k, task_index if k == "task_index" else self._buffer[k]) for k in self._tabular_keys]
         table = pa.Table.from_arrays(columns, schema=self._schema)
         videos = {}
         for key in self._video_keys:
-            encoder = self._encoders.pop(key)
-            encoder.close()
-            videos[key] = encoder.path
+            self._encoders[key].close()  # idempotent
+            videos[key] = self._encoders[key].path
         stats = self._compute_stats(table, length)
-        episode_index = self.save_prepared_episode(table, videos, stats, list(self._episode_tasks), remove_videos=True)
+        episode_index = self._save(table, videos, stats, list(self._episode_tasks), tasks, remove_videos=True)
         self._reset_buffer()
         return episode_index
 
@@ -475,38 +530,55 @@ class LeRobotDatasetWriter:
         where they are at `finalize`.
         """
         self._check_open()
+        return self._save(table, videos, stats, tasks, dict(self.tasks), remove_videos)
+
+    def _save(
+        self,
+        table: pa.Table,
+        videos: Mapping[str, pathlib.Path],
+        stats: Mapping[str, Any],
+        tasks: list[str],
+        task_table: dict[str, int],
+        remove_videos: bool,
+    ) -> int:
+        """Journal one episode. The episode is accepted when its journal line is on disk; before that, a
+        failure leaves the writer as it was (files of the attempt are overwritten by the retry)."""
         length = table.num_rows
         episode_index = self.total_episodes
         missing = [k for k in self._video_keys if k not in videos]
         if missing:
             raise ValueError(f"episode {episode_index}: no video given for {missing}")
         for task in tasks:
-            self.tasks.setdefault(task, len(self.tasks))
+            task_table.setdefault(task, len(task_table))
         table = self._renumber(table.select(self._tabular_keys).cast(self._schema), episode_index)
         data_name = f"{episode_index:06d}.parquet"
         _atomic_parquet(table, self._journal_dir / data_name)
+        crash_point("save.data_written")
         video_refs = {}
         for key in self._video_keys:
             if remove_videos:
                 name = f"{episode_index:06d}.{key}.mp4"
-                os.replace(videos[key], self._journal_dir / name)
+                _link_or_copy(pathlib.Path(videos[key]), self._journal_dir / name)
                 video_refs[key] = name
             else:
                 video_refs[key] = str(pathlib.Path(videos[key]).resolve())
+        crash_point("save.videos_linked")
         entry = {
             "episode_index": episode_index,
             "length": length,
             "tasks": list(tasks),
-            "task_table": list(self.tasks),
+            "task_table": list(task_table),
             "data": data_name,
             "videos": video_refs,
             "stats": stats,
         }
-        with open(self._journal_dir / "journal.jsonl", "a") as journal:
-            journal.write(json.dumps(entry) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+        _append_line(self._journal_dir / "journal.jsonl", json.dumps(entry))
+        crash_point("save.journaled")
+        if remove_videos:
+            for key in self._video_keys:
+                pathlib.Path(videos[key]).unlink(missing_ok=True)
         self._journal.append(entry)
+        self.tasks = task_table
         self.total_episodes += 1
         self.total_frames += length
         return episode_index
@@ -597,13 +669,30 @@ class LeRobotDatasetWriter:
             if appending:
                 return self.root  # nothing new: the existing dataset stays as it was
             raise ValueError("finalize: no episode was saved; nothing was written")
-        records = self._assemble()
-        self._write_meta(records)
-        shutil.rmtree(self._staging / ".tmp", ignore_errors=True)
-        shutil.rmtree(self._journal_dir)
-        self._promote()
-        self._finalized = True
+        self._commit()
+        self._release_lock()
         return self.root
+
+    def _commit(self) -> None:
+        """Assemble the journaled episodes into the staging tree, mark it complete, swap it in, clean up.
+
+        Each step is a crash point (lerobot_commit.COMMIT_STEPS); from the marker on, recovery rolls forward.
+        """
+        records = self._assemble()
+        crash_point("commit.assembled")
+        self._write_meta(records)
+        crash_point("commit.meta_written")
+        shutil.rmtree(self._staging / ".tmp", ignore_errors=True)
+        for path in self._staging.rglob("*"):  # new files only (hard-linked old ones are already durable)
+            if path.is_file() and JOURNAL not in path.relative_to(self._staging).parts and path.stat().st_nlink == 1:
+                fsync_path(path)
+        atomic_json({"episodes": len(self._journal)}, self._journal_dir / COMMITTED)
+        crash_point("commit.marked")
+        swap_in(self._staging, self.root)
+        crash_point("commit.swapped")
+        cleanup_after_swap(self.root)
+        crash_point("commit.done")
+        self._finalized = True
 
     def _assemble(self) -> list[dict[str, Any]]:
         """Write the journaled episodes into rolled data and video files; returns the episodes-parquet rows."""
@@ -646,8 +735,8 @@ class LeRobotDatasetWriter:
         _atomic_parquet(_tasks_table([t for t, _ in tasks]), meta / "tasks.parquet")
         prior = self._base["prior_stats"]
         parts = ([prior] if prior else []) + [entry["stats"] for entry in self._journal]
-        _atomic_json(aggregate_stats(parts), meta / "stats.json")
-        _atomic_json(self._info(), meta / "info.json")
+        atomic_json(aggregate_stats(parts), meta / "stats.json")
+        atomic_json(self._info(), meta / "info.json")
 
     def _info(self) -> dict[str, Any]:
         features = {}
@@ -671,19 +760,6 @@ class LeRobotDatasetWriter:
             "features": features,
         }
 
-    def _promote(self) -> None:
-        if not self.root.exists():
-            os.rename(self._staging, self.root)
-            return
-        # Append: swap directories. The only window is between the two renames, when `root` is briefly absent
-        # (never half-valid); the previous version is kept under `.<name>.previous` until the swap succeeded.
-        previous = self.root.parent / f".{self.root.name}.previous"
-        if previous.exists():
-            shutil.rmtree(previous)
-        os.rename(self.root, previous)
-        os.rename(self._staging, self.root)
-        shutil.rmtree(previous)
-
     def _check_open(self) -> None:
         if self._finalized:
             raise RuntimeError(f"writer for {self.root} is already finalized")
@@ -696,8 +772,16 @@ class LeRobotDatasetWriter:
         self._close_data()
         for writer in self._video_writers.values():
             writer.close()
+        # Without writer.json a crash in the middle of this deletion is read as "discard", never "recover".
+        (self._journal_dir / "writer.json").unlink(missing_ok=True)
         shutil.rmtree(self._staging, ignore_errors=True)
         self._finalized = True
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> LeRobotDatasetWriter:
         return self
@@ -709,6 +793,11 @@ class LeRobotDatasetWriter:
                 self.finalize()
             else:
                 self.abort()
+
+
+def _timestamp_matches(timestamp: Any, frame_index: int, fps: int, tolerance_s: float = 1e-4) -> bool:
+    expected = frame_index / fps
+    return bool(abs(float(timestamp) - expected) <= tolerance_s + float(np.spacing(np.float32(expected))))
 
 
 def _validate_image(key: str, value: Any, hwc: tuple[int, int, int]) -> np.ndarray:
@@ -778,11 +867,37 @@ def _tasks_table(tasks: list[str]) -> pa.Table:
 
 def _atomic_parquet(table: pa.Table, path: pathlib.Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="snappy")
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="snappy")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _atomic_json(obj: Any, path: pathlib.Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=4))
-    os.replace(tmp, path)
+def _link_or_copy(source: pathlib.Path, target: pathlib.Path) -> None:
+    """`target` becomes `source`'s content; `source` stays (a retry can link it again)."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # filesystem without hard links
+        shutil.copyfile(source, target)
+    fsync_path(target)
+
+
+def _append_line(path: pathlib.Path, line: str) -> None:
+    """Append one line durably; on failure (disk full, ...) cut the file back, so no partial line stays."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        data = (line + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)

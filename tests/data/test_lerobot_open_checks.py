@@ -191,3 +191,16 @@ def test_any_row_level_corruption_is_refused(clean_tabular, tmp_path_factory, ki
 def test_clean_dataset_opens(clean_tabular):
     batch = LeRobotDataset(clean_tabular).get_batch(np.arange(sum(LENGTHS)))
     assert batch["action"][5, 1, 2] == 100 + 1
+
+
+def test_writer_refuses_timestamps_the_reader_would_refuse(tmp_path):
+    features = {"a": {"dtype": "float32", "shape": [1], "names": None}}
+    with LeRobotDatasetWriter(tmp_path / "ds", 10, features) as writer:
+        writer.add_frame({"a": 0.0}, task="t", timestamp=0.0)
+        with pytest.raises(ValueError, match=r"timestamp 0\.2 of frame 1 is not frame_index / fps = 0\.1"):
+            writer.add_frame({"a": 1.0}, task="t", timestamp=0.2)
+        writer.add_frame({"a": 1.0, "timestamp": np.float32(0.1)}, task="t")
+        writer.save_episode()
+    np.testing.assert_array_equal(
+        LeRobotDataset(tmp_path / "ds").get_batch([0, 1])["timestamp"], np.float32([0.0, 0.1])
+    )
