@@ -1,6 +1,7 @@
 """LeRobot batch throughput: random batches of 56 (3 video cameras 224x298 + 50-step action windows).
 
     python benchmarks/data.py [--root DIR] [--episodes 6] [--frames 300] [--seconds 4] [--workers 2]
+                              [--open-rows 100000] [--open-only]
 
 Builds a synthetic v3.0 dataset with our writer (AV1, lerobot defaults) unless --root points at one, then
 prints samples/s for: item-by-item decoding on one thread (baseline, `dataset[i]` in a loop), a naive
@@ -8,6 +9,9 @@ per-frame decoder that opens the mp4 for every frame (second baseline), batched 
 (one thread, then one thread per mp4), worker processes, and the uint8 memmap cache (copying, and with
 reused buffers). Ratios are against the item-by-item
 baseline measured in the same run.
+
+First it prints what opening costs (reading every parquet column and checking it against the metadata) for a
+tabular dataset of --open-rows frames, against the bare pyarrow read of the same files in the same run.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from hiors_jax.data.batches import BatchLoader, attach_frame_cache
 from hiors_jax.data.lerobot import LeRobotDataset, LeRobotDatasetWriter, decode_frames_at
@@ -70,6 +75,48 @@ def build_dataset(root: pathlib.Path, episodes: int, frames: int) -> float:
     return time.perf_counter() - start
 
 
+def open_cost(workdir: pathlib.Path, rows: int, repeats: int = 5) -> None:
+    """Median time to open a tabular dataset (all checks included) vs reading its parquet columns bare."""
+    root = workdir / "tabular"
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [14], "names": None},
+        "action": {"dtype": "float32", "shape": [14], "names": None},
+        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+        "next.done": {"dtype": "bool", "shape": [1], "names": None},
+    }
+    rng = np.random.default_rng(0)
+    frames_per_episode = 1000
+    with LeRobotDatasetWriter(root, 30, features) as writer:
+        for _ in range(max(1, rows // frames_per_episode)):
+            for _frame in range(frames_per_episode):
+                state = rng.standard_normal(14).astype(np.float32)
+                writer.add_frame(
+                    {"observation.state": state, "action": state, "next.reward": 0.0, "next.done": False}, task="t"
+                )
+            writer.save_episode()
+    files = sorted((root / "data").rglob("*.parquet"))
+
+    def bare() -> None:
+        for path in files:
+            for column in pq.read_table(path).columns:
+                column.combine_chunks()
+
+    def median_s(step) -> float:
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    raw, opened = median_s(bare), median_s(lambda: LeRobotDataset(root))
+    print(
+        f"open: {len(LeRobotDataset(root))} rows in {opened * 1e3:.0f} ms (checks included); bare pyarrow read "
+        f"{raw * 1e3:.0f} ms; ratio {opened / raw:.2f}x"
+    )
+
+
 def rate(step, seconds: float) -> float:
     """Samples per second of `step()` (which returns how many samples it produced), after one warm-up call."""
     step()
@@ -86,9 +133,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--open-rows", type=int, default=100_000, help="rows of the tabular dataset to open")
+    parser.add_argument("--open-only", action="store_true", help="only the cost of opening a dataset")
     args = parser.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="hiors_bench_"))
     try:
+        open_cost(workdir, args.open_rows)
+        if args.open_only:
+            return
         root = args.root
         if root is None:
             root = workdir / "ds"
