@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hiors_jax.data.batches import BatchLoader
 from hiors_jax.data.lerobot import FrameValidationError, LeRobotDataset, LeRobotDatasetWriter, LeRobotFormatError
 
 LEROBOT_ND = pathlib.Path(__file__).parent / "fixtures" / "lerobot_nd"
@@ -165,3 +166,17 @@ def test_ragged_nested_lists_are_refused_with_file_and_column(tmp_path):
     pq.write_table(table.set_column(index, table.schema.field(index).with_type(ragged.type), ragged), root / DATA)
     with pytest.raises(LeRobotFormatError, match=r"file-000\.parquet: column 'state_chunk'.*dimension 1 has length 2"):
         LeRobotDataset(root)
+
+
+def test_nd_feature_windows_through_the_batch_loader():
+    """Delta windows and worker batches carry the N-d shape: (batch, steps, 5, 3) for a (5, 3) feature."""
+    expected = np.load(LEROBOT_ND / "expected.npz")
+    dataset = LeRobotDataset(LEROBOT_ND, delta_timestamps={"state_chunk": [0.0, 1 / 30]})
+    with BatchLoader(dataset, 4, num_workers=1, seed=0) as loader:
+        batch = next(loader)
+    assert batch["state_chunk"].shape == (4, 2, 5, 3) and batch["cube"].shape == (4, 2, 3, 4)
+    for i, row in enumerate(batch["index"]):
+        last = int(np.flatnonzero(expected["episode_index"] == expected["episode_index"][row])[-1])
+        np.testing.assert_array_equal(batch["state_chunk"][i, 0], expected["state_chunk"][row])
+        np.testing.assert_array_equal(batch["state_chunk"][i, 1], expected["state_chunk"][min(row + 1, last)])
+        assert batch["state_chunk_is_pad"][i, 1] == (row == last)
