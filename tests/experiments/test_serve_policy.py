@@ -1,0 +1,140 @@
+"""The served policy in-process: checkpoint loading, robot-unit actions, one compile, errors that name the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.dobot_pnp import serve
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_checkpoint):
+    policy = serve.CheckpointPolicy(tiny_checkpoint, asset_id="xtrainer", num_steps=3)
+    policy.warm_up()
+    return policy
+
+
+def test_actions_are_robot_dims_and_horizon_in_robot_units(policy, tiny_checkpoint, robot_frame):
+    out = policy.infer(robot_frame)
+    assert out["actions"].shape == (50, 14) and out["actions"].dtype == np.float32
+    assert np.all(np.isfinite(out["actions"]))
+    assert out["policy_timing"]["infer_ms"] > 0
+    # Same weights and noise, action stats with 2x std and +100 mean: robot-unit actions move exactly that way.
+    shifted = serve.CheckpointPolicy(tiny_checkpoint, asset_id="shifted", num_steps=3)
+    noise = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
+    a = policy.infer(robot_frame, noise=noise)["actions"]
+    b = shifted.infer(robot_frame, noise=noise)["actions"]
+    mean_a, mean_b = policy.action_stats.mean, shifted.action_stats.mean
+    np.testing.assert_allclose(b - mean_b, 2 * (a - mean_a), rtol=1e-4, atol=1e-4)
+    assert np.all(np.abs(b.mean(0) - a.mean(0)) > 50)  # every joint was un-normalised, not just some
+
+
+def test_sampler_compiles_once_for_any_camera_size_layout_and_prompt(policy, robot_frame):
+    assert policy.compile_count == 1  # compiled by warm_up
+    rng = np.random.default_rng(2)
+    big = {k: rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for k in robot_frame["images"]}
+    chw = {k: np.ascontiguousarray(v.transpose(2, 0, 1)) for k, v in robot_frame["images"].items()}
+    for images, prompt in [(big, "fold the towel"), (chw, "transfer the cube"), (robot_frame["images"], "x")]:
+        out = policy.infer({**robot_frame, "images": images, "prompt": prompt})
+        assert out["actions"].shape == (50, 14)
+    assert policy.compile_count == 1
+
+
+def test_chw_and_hwc_cameras_give_the_same_actions(policy, robot_frame):
+    noise = np.zeros((50, 32), np.float32)
+    chw = {k: np.ascontiguousarray(v.transpose(2, 0, 1)) for k, v in robot_frame["images"].items()}
+    a = policy.infer(robot_frame, noise=noise)["actions"]
+    b = policy.infer({**robot_frame, "images": chw}, noise=noise)["actions"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_noise_stream_varies_between_calls(policy, robot_frame):
+    a, b = policy.infer(robot_frame)["actions"], policy.infer(robot_frame)["actions"]
+    assert not np.array_equal(a, b)
+
+
+def _bad(frame, **changes):
+    obs = {**frame, "images": dict(frame["images"])}
+    for key, value in changes.items():
+        if key.startswith("cam_"):
+            if value is None:
+                del obs["images"][key]
+            else:
+                obs["images"][key] = value
+        elif value is None:
+            del obs[key]
+        else:
+            obs[key] = value
+    return obs
+
+
+@pytest.mark.parametrize(
+    "changes, names",
+    [
+        (dict(state=None), "'state'"),
+        (dict(state=np.zeros(7, np.float32)), "'state' must be a numeric array of shape (14,)"),
+        (dict(state=np.full(14, np.nan, np.float32)), "'state' has NaN"),
+        (dict(state="zeros"), "'state'"),
+        (dict(images=None), "'images'"),
+        (dict(images=[1, 2]), "'images'"),
+        (dict(cam_high=None), "camera 'cam_high'"),
+        (dict(cam_high=np.zeros((224, 298, 3), np.float32)), "images.cam_high must be uint8"),
+        (dict(cam_high=np.zeros((224, 298), np.uint8)), "images.cam_high must be HWC or CHW"),
+        (dict(cam_high=[[0]]), "images.cam_high must be a uint8 array"),
+        (dict(cam_extra=np.zeros((8, 8, 3), np.uint8)), "cam_extra"),
+        (dict(prompt=None), "'prompt'"),
+        (dict(prompt=7), "'prompt' must be a str"),
+        (dict(prompt="pick " * 40), "prompt is"),
+    ],
+)
+def test_bad_observations_name_the_field(policy, robot_frame, changes, names):
+    with pytest.raises(serve.ObservationError) as err:
+        policy.infer(_bad(robot_frame, **changes))
+    assert names in str(err.value)
+
+
+def test_non_map_observation(policy):
+    with pytest.raises(serve.ObservationError, match="observation must be a map"):
+        policy.infer([1, 2, 3])
+
+
+def test_default_prompt_and_missing_camera(tiny_checkpoint, robot_frame):
+    camera_map = {**serve.XTRAINER_CAMERA_MAP, "right_wrist_0_rgb": None}
+    policy = serve.CheckpointPolicy(
+        tiny_checkpoint, asset_id="xtrainer", camera_map=camera_map, default_prompt="fold the towel"
+    )
+    obs = _bad(robot_frame, prompt=None, cam_right_wrist=None)
+    inputs = policy.model_inputs(obs)
+    assert not inputs["image_masks"]["right_wrist_0_rgb"][0] and inputs["image_masks"]["base_0_rgb"][0]
+    expected, _ = policy.tokenizer.tokenize("fold the towel")
+    np.testing.assert_array_equal(inputs["tokenized_prompt"][0], expected)
+    with pytest.raises(serve.ObservationError, match="cam_right_wrist"):
+        policy.model_inputs(robot_frame)  # the robot sends a camera the map says it lacks
+    assert policy.metadata["cameras"]["right_wrist_0_rgb"] is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(asset_id="nope"), "--asset_id=nope"),
+        (dict(asset_id=None), "--asset_id"),  # two asset dirs: the user must choose
+        (dict(asset_id="xtrainer", tokenizer_path="/nonexistent.model"), "--tokenizer"),
+        (dict(asset_id="xtrainer", camera_map={"top": "cam_high"}), "--camera_map"),
+        (dict(asset_id="xtrainer", num_steps=0), "--num_steps"),
+    ],
+)
+def test_bad_checkpoint_options_name_the_option(tiny_checkpoint, kwargs, message):
+    with pytest.raises(serve.CheckpointError, match=message.replace("-", r"\-")):
+        serve.CheckpointPolicy(tiny_checkpoint, **kwargs)
+
+
+def test_checkpoint_without_params_or_tokenizer(tmp_path, tiny_checkpoint):
+    with pytest.raises(serve.CheckpointError, match="no params/"):
+        serve.CheckpointPolicy(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "params").symlink_to(tiny_checkpoint / "params")
+    (bare / "assets").symlink_to(tiny_checkpoint / "assets")
+    with pytest.raises(serve.CheckpointError, match="--tokenizer: not given"):
+        serve.CheckpointPolicy(bare, asset_id="xtrainer")
