@@ -106,7 +106,10 @@ class WriterLock:
             self._fd = None
 
     def __del__(self) -> None:  # a writer dropped without finalize/abort frees the dataset, as a dead process
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 (interpreter shutdown: the process exit drops the flock anyway)
+            pass
 
 
 def fsync_path(path: pathlib.Path) -> None:

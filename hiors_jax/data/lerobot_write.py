@@ -221,12 +221,14 @@ class LeRobotDatasetWriter:
         self._configure(config)
         self._lock: WriterLock | None = WriterLock(self.root)
         try:
-            self._resume(self.root)
+            resumed = self._resume(self.root)
             if append and self.root.exists():
                 self._open_for_append()
             else:
                 if self.root.exists():
-                    raise FileExistsError(f"{self.root} already exists; pass append=True to add episodes to it")
+                    recovered = resumed in ("committed", "recovered")
+                    why = f" (a crashed writer's saved episodes were just {resumed} into it)" if recovered else ""
+                    raise FileExistsError(f"{self.root} already exists{why}; pass append=True to add episodes to it")
                 self._staging.mkdir(parents=True)
                 self._base = {
                     "tasks": [],

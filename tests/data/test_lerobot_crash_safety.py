@@ -252,3 +252,18 @@ def test_save_episode_retried_after_a_real_write_failure(tmp_path):
     batch = LeRobotDataset(root).get_batch(np.arange(6))
     np.testing.assert_array_equal(batch["noise"], np.load(expected))
     assert leftovers(root) == []
+
+
+def test_new_dataset_writer_recovers_a_crashed_first_writer(tmp_path):
+    """The first writer of a dataset dies before finalize: the next one finalizes its saved episode first."""
+    root = tmp_path / "ds"
+    writer = LeRobotDatasetWriter(root, 10, FEATURES)
+    record(writer, [0])
+    writer.add_frame(frame(1, 0), task="task 1")  # never saved
+    del writer  # the process "died" (its lock is gone with it)
+    with pytest.raises(FileExistsError, match=r"saved episodes were just recovered into it\); pass append=True"):
+        LeRobotDatasetWriter(root, 10, FEATURES)
+    assert episodes_in(root) == [0] and leftovers(root) == []
+    with LeRobotDatasetWriter(root, 10, FEATURES, append=True) as writer:
+        record(writer, [1])
+    assert episodes_in(root) == [0, 1]
