@@ -18,8 +18,8 @@ The transforms are openpi's: z-score (PI0) or quantile (PI0.5) normalisation wit
 (`norm_stats_from_windows` computes them from the data with openpi's running-statistics algorithm), images
 resized with pad (the windows store them at the model's resolution already) and mapped x/255*2-1, and in
 training the augmentation openpi applies: for non-wrist cameras a random 95 % crop resized back and a
-rotation of up to 5 degrees, for every camera a colour jitter (brightness 0.3, contrast 0.4, saturation 0.5).
-Images cross to the device as uint8 and are converted and augmented there.
+rotation of up to 5 degrees (on the host, uint8, PIL), for every camera a colour jitter (brightness 0.3,
+contrast 0.4, saturation 0.5; on the device). Images cross to the device as uint8 and are converted there.
 """
 
 from __future__ import annotations
@@ -215,17 +215,52 @@ def norm_stats_from_windows(windows: Iterable[FrameWindow]) -> dict[str, NormSta
 
 
 # ------------------------------------------------------------------------------------------------ host side
+def crop_rotate(rng: np.random.Generator, images: np.ndarray, scale: float = 0.95, max_deg: float = 5.0):
+    """openpi's base-camera augmentation on uint8 (B, H, W, 3): a random crop to `scale` of each side resized
+    back, and a rotation in [-max_deg, max_deg] degrees about the centre (bilinear, black outside); one draw
+    per sample. Done on the host with PIL (a gather-heavy warp is slow on CPU devices)."""
+    from PIL import Image
+
+    b, h, w, _ = images.shape
+    out = np.empty_like(images)
+    offsets = rng.uniform(0.0, 1.0, (b, 2)) * [h * (1 - scale), w * (1 - scale)]
+    angles = np.deg2rad(rng.uniform(-max_deg, max_deg, b))
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    for i in range(b):
+        cos, sin = np.cos(angles[i]), np.sin(angles[i])
+        # input (x, y) = offset + scale * (R (p - c) + c) for output pixel p, in pixel-index coordinates;
+        # PIL samples at pixel centres (index + 0.5), hence the half-pixel terms.
+        a, bb, d, e = scale * cos, scale * sin, -scale * sin, scale * cos
+        c = offsets[i, 1] + scale * (cx - cos * cx - sin * cy)
+        f = offsets[i, 0] + scale * (cy + sin * cx - cos * cy)
+        c += 0.5 - 0.5 * (a + bb)
+        f += 0.5 - 0.5 * (d + e)
+        warped = Image.fromarray(images[i]).transform(
+            (w, h), Image.Transform.AFFINE, (a, bb, c, d, e, f), resample=Image.Resampling.BILINEAR, fillcolor=0
+        )
+        out[i] = np.asarray(warped)
+    return out
+
+
 class HostTransform:
     """Host batch (from windows) -> numpy model arrays: normalised and padded state/actions, tokenised prompts,
     uint8 images at the model's resolution per model camera."""
 
-    def __init__(self, config: PipelineConfig, model: Pi0Config, tokenizer, norm_stats: Mapping[str, NormStats]):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        model: Pi0Config,
+        tokenizer,
+        norm_stats: Mapping[str, NormStats],
+        rng: np.random.Generator | None = None,
+    ):
         for key in ("state", "actions"):
             if key not in norm_stats:
                 raise ValueError(f"norm stats have no {key!r} entry (have {sorted(norm_stats)})")
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.state_stats, self.action_stats = norm_stats["state"], norm_stats["actions"]
         self.size = (model.vision.image_size, model.vision.image_size)
+        self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self._tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _tokenize(self, prompts: list[str], norm_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +286,10 @@ class HostTransform:
             if name not in images:
                 raise ValueError(f"camera {name!r} (model camera {key}) is not in the windows (have {sorted(images)})")
             img = images[name]
-            out_images[key] = img if img.shape[1:3] == self.size else resize_with_pad(img, *self.size)
+            img = img if img.shape[1:3] == self.size else resize_with_pad(img, *self.size)
+            if self.config.augment and "wrist" not in key:  # openpi: crop + rotate only non-wrist cameras
+                img = crop_rotate(self.rng, img)
+            out_images[key] = img
             masks[key] = np.ones(batch, bool)
         return {
             "images": out_images,
@@ -280,55 +318,21 @@ class HostTransform:
 
 
 # ------------------------------------------------------------------------------------------------ device side
-def _affine_sample(image: jax.Array, scale: jax.Array, offset: jax.Array, angle: jax.Array) -> jax.Array:
-    """Output pixel p samples the input at offset + scale * (R(angle) (p - c) + c), bilinear, 0 outside."""
-    h, w = image.shape[:2]
-    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    ry = cos * (yy - cy) - sin * (xx - cx) + cy
-    rx = sin * (yy - cy) + cos * (xx - cx) + cx
-    sy, sx = offset[0] + scale * ry, offset[1] + scale * rx
-    channels = [
-        jax.scipy.ndimage.map_coordinates(image[..., c], [sy, sx], order=1, mode="constant", cval=0.0)
-        for c in range(image.shape[-1])
-    ]
-    return jnp.stack(channels, axis=-1)
-
-
-def _crop_rotate(rng: jax.Array, image: jax.Array) -> jax.Array:
-    """openpi's base-camera augmentation: random crop to 95 % (resized back) and rotation in [-5, 5] deg."""
-    h, w = image.shape[:2]
-    k_off, k_rot = jax.random.split(rng)
-    scale = 0.95
-    offset = jax.random.uniform(k_off, (2,)) * jnp.array([h * (1 - scale), w * (1 - scale)])
-    angle = jax.random.uniform(k_rot, (), minval=-5.0, maxval=5.0) * (jnp.pi / 180.0)
-    return _affine_sample(image, jnp.float32(scale), offset, angle)
-
-
-def _color_jitter(rng: jax.Array, image: jax.Array, p: float = 0.5) -> jax.Array:
-    """Brightness +-0.3, contrast +-0.4 (GIMP slant), saturation x[1/1.5, 1.5] (log-uniform), with prob p."""
+def color_jitter(rng: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
+    """(B, H, W, 3) in [0, 1]: per sample, with probability p, brightness +-0.3, contrast +-0.4 (GIMP slant
+    around 0.5) and saturation x[1/1.5, 1.5] (log-uniform), as openpi's augmax ColorJitter settings."""
+    b = images.shape[0]
     k_b, k_c, k_s, k_p = jax.random.split(rng, 4)
-    x = image + jax.random.uniform(k_b, (), minval=-0.3, maxval=0.3)
-    slant = jnp.tan((jax.random.uniform(k_c, (), minval=-0.4, maxval=0.4) + 1.0) * (jnp.pi / 4))
+
+    def factor(key, lo, hi):
+        return jax.random.uniform(key, (b, 1, 1, 1), minval=lo, maxval=hi)
+
+    x = images + factor(k_b, -0.3, 0.3)
+    slant = jnp.tan((factor(k_c, -0.4, 0.4) + 1.0) * (jnp.pi / 4))
     x = (x - 0.5) * slant + 0.5
-    sat = jnp.exp(jax.random.uniform(k_s, (), minval=-jnp.log(1.5), maxval=jnp.log(1.5)))
-    gray = (x * jnp.array([0.299, 0.587, 0.114])).sum(-1, keepdims=True)
-    x = jnp.clip(gray + (x - gray) * sat, 0.0, 1.0)
-    return jnp.where(jax.random.bernoulli(k_p, p), x, image)
-
-
-def augment_image_batch(rng: jax.Array, images: jax.Array, crop_rotate: bool) -> jax.Array:
-    """(B, H, W, 3) float in [0, 1] -> augmented, one random draw per sample."""
-    keys = jax.random.split(rng, images.shape[0])
-
-    def one(key, image):
-        k_geo, k_col = jax.random.split(key)
-        if crop_rotate:
-            image = _crop_rotate(k_geo, image)
-        return _color_jitter(k_col, image)
-
-    return jax.vmap(one)(keys, images)
+    gray = x[..., :1] * 0.299 + x[..., 1:2] * 0.587 + x[..., 2:] * 0.114
+    x = jnp.clip(gray + (x - gray) * jnp.exp(factor(k_s, -np.log(1.5), np.log(1.5))), 0.0, 1.0)
+    return jnp.where(jax.random.bernoulli(k_p, p, (b, 1, 1, 1)), x, images)
 
 
 def _to_model_observation(rng, obs: dict, augment: bool) -> pi0.Observation:
@@ -337,7 +341,7 @@ def _to_model_observation(rng, obs: dict, augment: bool) -> pi0.Observation:
     for k, (name, img) in zip(keys, sorted(obs["images"].items()), strict=True):
         x = img.astype(jnp.float32) / 255.0
         if augment:
-            x = augment_image_batch(k, x, crop_rotate="wrist" not in name)
+            x = color_jitter(k, x)
         images[name] = x * 2.0 - 1.0
     return pi0.Observation(
         images=images,
@@ -350,7 +354,7 @@ def _to_model_observation(rng, obs: dict, augment: bool) -> pi0.Observation:
 
 @functools.partial(jax.jit, static_argnames=("augment",))
 def finish_batch(rng: jax.Array, arrays: dict, augment: bool) -> Batch:
-    """On device: uint8 images -> [-1, 1] float (augmented in training), packed into a `Batch`."""
+    """On device: uint8 images -> [-1, 1] float (colour-jittered in training), packed into a `Batch`."""
     k_obs, k_next = jax.random.split(rng)
     nxt = arrays.get("next_observation")
     return Batch(
@@ -396,9 +400,9 @@ class BatchLoader:
             n_dev = len(sharding.device_set)
             if config.batch_size % n_dev:
                 raise ValueError(f"pipeline.batch_size {config.batch_size} is not divisible by {n_dev} devices")
-        self.transform = HostTransform(config, model, tokenizer, norm_stats)
         self.empty_poll_s = 0.2
         self._rng = np.random.default_rng(config.seed)
+        self.transform = HostTransform(config, model, tokenizer, norm_stats, self._rng)
         self._key = jax.random.key(config.seed)
         self._queue: queue.Queue = queue.Queue(maxsize=config.prefetch)
         self._stop = threading.Event()

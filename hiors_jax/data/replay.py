@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import pathlib
-import shutil
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -477,14 +476,6 @@ def window_from_dataset(
 
 
 # ------------------------------------------------------------------------------------------------ recovery
-def _staging(root: pathlib.Path) -> pathlib.Path:
-    return root.parent / f".{root.name}.writing"
-
-
-def _previous(root: pathlib.Path) -> pathlib.Path:
-    return root.parent / f".{root.name}.previous"
-
-
 def _total_episodes(root: pathlib.Path) -> int:
     try:
         return int(json.loads((root / "meta" / "info.json").read_text())["total_episodes"])
@@ -493,45 +484,16 @@ def _total_episodes(root: pathlib.Path) -> int:
 
 
 def recover_dataset(root: str | pathlib.Path) -> str:
-    """Bring a dataset whose writer was killed back to a consistent state; returns what was done.
-
-    A saved-but-unfinalized episode (in the writer's journal) is finalized; a half-written one is discarded;
-    a finalize killed between its directory renames is completed or rolled back. Earlier episodes are never
-    touched.
-    """
-    root = pathlib.Path(root)
-    staging, previous = _staging(root), _previous(root)
-    actions = []
-    staged_complete = staging.is_dir() and not (staging / ".journal").exists() and _total_episodes(staging) > 0
-    if not root.exists() and previous.exists():
-        if staged_complete:
-            os.rename(staging, root)
-            actions.append("completed an interrupted swap")
-        else:
-            os.rename(previous, root)
-            actions.append("rolled back an interrupted swap")
-    if staging.is_dir():
-        if (staging / ".journal" / "writer.json").is_file():
-            try:
-                LeRobotDatasetWriter.recover(root)
-                actions.append("finalized the saved episode(s) of an interrupted writer")
-            except (ValueError, OSError) as err:
-                shutil.rmtree(staging, ignore_errors=True)
-                actions.append(f"discarded an interrupted writer's unsaved episode ({err})")
-        elif staged_complete and _total_episodes(staging) > _total_episodes(root):
-            tmp = previous
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            if root.exists():
-                os.rename(root, tmp)
-            os.rename(staging, root)
-            actions.append("completed an interrupted finalize")
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
-            actions.append("discarded a partial staging directory")
-    if previous.exists() and root.exists():
-        shutil.rmtree(previous)
-    return "; ".join(actions)
+    """Let the LeRobot writer complete what a killed commit left at `root` (roll an interrupted swap forward,
+    finalize a saved episode, discard an unsaved one); earlier episodes are never touched. Returns what was
+    done, "" when nothing had been interrupted."""
+    try:
+        LeRobotDatasetWriter.recover(root)
+    except FileNotFoundError:
+        return ""
+    except ValueError as err:
+        return f"discarded an interrupted commit ({err})"
+    return "completed an interrupted commit"
 
 
 def _read_scalar_columns(root: pathlib.Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -572,11 +534,15 @@ class ReplayStore:
         use_videos: bool = True,
         vcodec: str = "libsvtav1",
         window_dir: str | pathlib.Path | None = None,
+        image_stats_frames: int = 32,
     ):
         self.root = pathlib.Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.online_root, self.accepted_root = self.root / "online", self.root / "accepted"
         self.fps, self.use_videos, self.vcodec = int(fps), use_videos, vcodec
+        # frames per episode sampled for the datasets' image stats (lerobot estimates them from a sample too;
+        # PI0 does not use image stats, and quantiles over many frames dominated the commit time)
+        self.image_stats_frames = int(image_stats_frames)
         self.acceptance = acceptance or AcceptanceConfig()
         self.window_frames, self.image_size, self.horizon = int(window_frames), tuple(image_size), int(horizon)
         self.target_dims = None if target_dims is None else tuple(int(d) for d in target_dims)
@@ -703,7 +669,7 @@ class ReplayStore:
         """Every transition, targets relabelled over the whole episode, weight = the episode's (0 if rejected)."""
         targets, pad = self._targets(cols, np.ones(len(prompts), bool))
         self.windows["online"].append_episode(
-            cols["images"],
+            self._window_images(cols),
             state=cols["state"],
             actions=targets,
             action_is_pad=pad,
@@ -713,6 +679,12 @@ class ReplayStore:
             weight=np.full(len(prompts), decision.weight, np.float32),
             prompts=prompts,
         )
+
+    def _window_images(self, cols: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The episode's images resized-with-pad to the windows' size, once for both windows."""
+        if "window_images" not in cols:
+            cols["window_images"] = {c: resize_with_pad(v, *self.image_size) for c, v in cols["images"].items()}
+        return cols["window_images"]
 
     def _decide(self, cols: dict[str, Any], label) -> EpisodeDecision:
         return decide(
@@ -762,7 +734,7 @@ class ReplayStore:
         features = accepted_features(self.spec, self.horizon, targets.shape[-1], self.use_videos)
         self._write(self.accepted_root, features, frames, [prompts[i] for i in idx])
         self.windows["accepted"].append_episode(
-            {c: cols["images"][c][idx] for c in self.spec.camera_shapes},
+            {c: v[idx] for c, v in self._window_images(cols).items()},
             state=cols["state"][idx],
             actions=targets,
             action_is_pad=is_pad,
@@ -775,7 +747,13 @@ class ReplayStore:
 
     def _write(self, root: pathlib.Path, features: dict, frames: list[dict], prompts: list[str]) -> None:
         writer = LeRobotDatasetWriter(
-            root, self.fps, features, use_videos=self.use_videos, vcodec=self.vcodec, append=root.exists()
+            root,
+            self.fps,
+            features,
+            use_videos=self.use_videos,
+            vcodec=self.vcodec,
+            append=root.exists(),
+            image_stats_frames=self.image_stats_frames,
         )
         try:
             for frame, prompt in zip(frames, prompts, strict=True):

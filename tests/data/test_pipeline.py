@@ -14,8 +14,8 @@ from hiors_jax.data.pipeline import (
     BatchLoader,
     PipelineConfig,
     RunningStats,
-    _affine_sample,
-    augment_image_batch,
+    color_jitter,
+    crop_rotate,
     finish_batch,
     norm_stats_from_windows,
     source_counts,
@@ -160,17 +160,27 @@ def test_sharded_placement_and_augmentation(setup):
     for leaf in jax.tree.leaves(batch):
         assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
     img = np.asarray(batch.observation.images["base_0_rgb"])
-    assert img.min() >= -1.0 - 1e-6 and img.max() <= 1.0 + 1e-6
+    assert img.min() >= -1.0 - 1e-6 and img.max() <= 1.0 + 1e-6 and img.shape == (4, 56, 56, 3)
 
 
-def test_augmentation_geometry():
+def test_augmentation_geometry_and_colour():
     rng = np.random.default_rng(0)
-    img = jax.numpy.asarray(rng.random((12, 16, 3), np.float32))
-    same = _affine_sample(img, jax.numpy.float32(1.0), jax.numpy.zeros(2), jax.numpy.float32(0.0))
-    np.testing.assert_allclose(np.asarray(same), np.asarray(img), atol=1e-6)
-    out = augment_image_batch(jax.random.key(0), jax.numpy.stack([img] * 4), crop_rotate=True)
-    assert out.shape == (4, 12, 16, 3) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert not np.allclose(np.asarray(out[0]), np.asarray(out[1]))  # one draw per sample
+    images = rng.integers(0, 256, (4, 12, 16, 3), dtype=np.uint8)
+    ident = crop_rotate(np.random.default_rng(0), images, scale=1.0, max_deg=0.0)
+    np.testing.assert_array_equal(ident, images)  # no crop, no rotation: the same pixels
+    out = crop_rotate(np.random.default_rng(1), images)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[0], images[0])
+    # a pure 95 % crop at offset 0 scales about the top-left corner: pixel (0, 0) stays where it was
+    flat = np.full((1, 40, 40, 3), 100, np.uint8)
+    flat[0, 0, 0] = 200
+    kept = crop_rotate(np.random.default_rng(2), flat, scale=1.0, max_deg=5.0)
+    assert kept[0, 20, 20, 0] == 100  # the centre is a fixed point of the rotation
+    x = jax.numpy.asarray(rng.random((8, 12, 16, 3), np.float32))
+    jittered = color_jitter(jax.random.key(0), x)
+    assert float(jittered.min()) >= 0.0 and float(jittered.max()) <= 1.0
+    changed = [not np.allclose(np.asarray(jittered[i]), np.asarray(x[i])) for i in range(8)]
+    assert 0 < sum(changed) < 8  # applied with probability 0.5, one draw per sample
 
 
 def test_running_stats_match_numpy():
