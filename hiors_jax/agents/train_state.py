@@ -68,7 +68,13 @@ class OptimizerConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None, prefix: str = "optimizer") -> OptimizerConfig:
-        return config_from_dict(cls, values, prefix)
+        try:
+            return config_from_dict(cls, values, prefix)
+        except ValueError as err:
+            message = str(err)
+            if message.startswith("optimizer."):
+                message = prefix + message[len("optimizer") :]
+            raise ValueError(message) from None
 
     def check_fits(self, max_steps: int, prefix: str = "optimizer") -> None:
         """A schedule longer than training never reaches its end: refuse it at start-up."""
