@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.dobot_pnp import serve
+from hiors_jax.models import preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,46 @@ def test_checkpoint_without_params_or_tokenizer(tmp_path, tiny_checkpoint):
     (bare / "assets").symlink_to(tiny_checkpoint / "assets")
     with pytest.raises(serve.CheckpointError, match="--tokenizer: not given"):
         serve.CheckpointPolicy(bare, asset_id="xtrainer")
+
+
+class _FixturePrompt:
+    """Hands the served pipeline openpi's fixture prompt ids (random ids no text tokenizes to)."""
+
+    def __init__(self, tokens, mask):
+        self.tokens, self.mask = tokens, mask
+
+    def tokenize_batch(self, prompts, states=None):
+        return self.tokens[None], self.mask[None]
+
+
+def test_serves_an_openpi_checkpoint_as_openpi_does(require_fixture, tiny_checkpoint, tmp_path):
+    """openpi's own tiny PI0 checkpoint behind the serve path: uint8 cameras + robot-unit state in, openpi's
+    sampled chunk (from the same noise) un-normalised to robot units out."""
+    fixture = require_fixture("openpi_pi0_tiny")
+    io = np.load(fixture / "io.npz")
+    robot_dims = 24  # the fixture's state has 24 live dims, 8 of padding
+    checkpoint = tmp_path / "openpi_ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "params").symlink_to(fixture / "params")
+    (checkpoint / "tiny_tokenizer.model").symlink_to(tiny_checkpoint / "tiny_tokenizer.model")
+    rng = np.random.default_rng(3)
+    state_mean, state_std = rng.normal(size=robot_dims), rng.uniform(0.5, 2.0, robot_dims)
+    act_mean, act_std = rng.normal(size=robot_dims) * 10, rng.uniform(0.1, 3.0, robot_dims)
+    stats = {
+        "state": preprocessing.NormStats(mean=state_mean, std=state_std),
+        "actions": preprocessing.NormStats(mean=act_mean, std=act_std),
+    }
+    preprocessing.save_norm_stats(checkpoint / "assets" / "robot" / "norm_stats.json", stats)
+    policy = serve.CheckpointPolicy(checkpoint, num_steps=10)
+    policy.tokenizer = _FixturePrompt(io["tokenized_prompt"][0], io["tokenized_prompt_mask"][0])
+
+    cams = {"base_0_rgb": "cam_high", "left_wrist_0_rgb": "cam_left_wrist", "right_wrist_0_rgb": "cam_right_wrist"}
+    images = {
+        cams[k]: np.round((io[f"image_{k}"][0] + 1.0) * 127.5).astype(np.uint8) for k in cams
+    }  # the fixture's floats are exactly u8/255*2-1
+    state = io["state"][0, :robot_dims].astype(np.float64) * (state_std + 1e-6) + state_mean
+    obs = {"images": images, "state": state.astype(np.float32), "prompt": "ignored"}
+    out = policy.infer(obs, noise=io["noise"][0])
+    assert out["actions"].shape == (50, robot_dims)
+    expected = io["sample_actions"][0, :, :robot_dims] * (act_std + 1e-6) + act_mean
+    np.testing.assert_allclose(out["actions"], expected, atol=1e-4 * act_std.max(), rtol=1e-4)
