@@ -131,6 +131,8 @@ class CheckpointPolicy:
 
         self._jax, self._pi0, self._pre = jax, pi0, preprocessing
         checkpoint = pathlib.Path(checkpoint_path).expanduser()
+        if checkpoint.name == "params" and (checkpoint / "_METADATA").is_file():
+            checkpoint = checkpoint.parent  # the params/ item itself was given; assets/ sit beside it
         if not (checkpoint / "params").is_dir():
             raise CheckpointError(f"--checkpoint_path: {checkpoint} has no params/ directory (openpi layout)")
         if num_steps < 1:

@@ -182,3 +182,31 @@ def test_serves_an_openpi_checkpoint_as_openpi_does(require_fixture, tiny_checkp
     assert out["actions"].shape == (50, robot_dims)
     expected = io["sample_actions"][0, :, :robot_dims] * (act_std + 1e-6) + act_mean
     np.testing.assert_allclose(out["actions"], expected, atol=1e-4 * act_std.max(), rtol=1e-4)
+
+
+def test_params_directory_itself_is_accepted(tiny_checkpoint):
+    policy = serve.CheckpointPolicy(tiny_checkpoint / "params", asset_id="xtrainer")
+    assert policy.checkpoint == tiny_checkpoint
+
+
+def test_pi05_checkpoint_quantile_actions_and_state_in_prompt(tmp_path, robot_frame):
+    import jax
+
+    from hiors_jax import demo
+    from hiors_jax.models import config as model_config
+    from hiors_jax.models import pi0, tokenizer
+
+    config = model_config.get_preset("pi05_tiny")
+    params = jax.jit(pi0.init_params, static_argnums=0)(config, jax.random.key(1))
+    states = np.random.default_rng(0).normal(size=(300, 14))
+    q01, q99 = np.quantile(states, [0.01, 0.99], axis=0)
+    stats = preprocessing.NormStats(mean=states.mean(0), std=states.std(0), q01=q01, q99=q99)
+    demo.write_checkpoint(tmp_path, params, {"state": stats, "actions": stats})
+    tokenizer.train_tiny_tokenizer(tmp_path / "tok.model", [demo.PROMPT, "Task: , State: 0123456789;\nAction: "], 64)
+    policy = serve.CheckpointPolicy(tmp_path, num_steps=1)  # max_token_len: openpi's PI0.5 default, 200
+    assert policy.metadata["policy"] == "pi05"
+    inputs = policy.model_inputs(robot_frame)
+    text = policy.tokenizer.decode(inputs["tokenized_prompt"][0][inputs["tokenized_prompt_mask"][0]])
+    assert "State: " in text and "Action:" in text  # PI0.5 writes the discretised state into the prompt
+    out = policy.infer(robot_frame, noise=np.zeros((50, 32), np.float32))
+    assert out["actions"].shape == (50, 14) and np.all(np.isfinite(out["actions"]))
