@@ -62,17 +62,28 @@ class BridgeConfig:
     control_hz: float = 50.0
     record_hz: float = 10.0
     max_state_chunk_len: int = 50
-    reconnect_delay_s: float = 1.0
+    reconnect_delay_s: float = 1.0  # first wait after a failed connection or an error from the env ...
+    max_reconnect_delay_s: float = 5.0  # ... doubled on each further failure up to this; reset once connected
     open_timeout_s: float = 10.0
+    max_reply_bytes: int = 1 << 20  # replies are ~3 KB of actions; anything near this is not the env
 
     def validate(self, horizon: int = protocol.ACTION_HORIZON) -> None:
         for field in ("policy_steps", "teleop_steps"):
             value = getattr(self, field)
             if not 1 <= value <= horizon:
                 raise ValueError(f"BridgeConfig.{field} must be in [1, {horizon}], got {value}")
-        for field in ("interpolation", "control_hz", "record_hz", "max_state_chunk_len"):
+        for field in ("interpolation", "control_hz", "record_hz", "max_state_chunk_len", "reconnect_delay_s"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"BridgeConfig.{field} must be positive, got {getattr(self, field)}")
+        if self.max_reconnect_delay_s < self.reconnect_delay_s:
+            raise ValueError(
+                f"BridgeConfig.max_reconnect_delay_s ({self.max_reconnect_delay_s}) must be >= "
+                f"reconnect_delay_s ({self.reconnect_delay_s})"
+            )
+
+
+class EnvError(RuntimeError):
+    """A text frame from the env: it turned our connection away or refused an observation."""
 
 
 def interpolate_chunk(current: np.ndarray, actions: np.ndarray, factor: int) -> np.ndarray:
@@ -134,7 +145,10 @@ class Bridge:
         self.recorder = StateRecorder(1.0 / self.config.record_hz, self.config.max_state_chunk_len)
         self.stop_event = threading.Event()
         self.queries = 0
-        self.refusals: list[str] = []
+        self.sessions = 0  # connections that got the env's metadata
+        self.refusals: list[str] = []  # chunks not executed (refused by the env or by our own check)
+        self.env_errors: list[str] = []  # text frames from the env
+        self._delay = self.config.reconnect_delay_s
         self._recorder_thread: threading.Thread | None = None
 
     def observation(self) -> dict:
@@ -166,9 +180,11 @@ class Bridge:
 
     def handle_reply(self, reply) -> None:
         if isinstance(reply, str):
-            raise RuntimeError(f"error from the env: {reply}")
+            raise EnvError(f"error from the env: {reply}")
         if not isinstance(reply, dict) or "actions" not in reply:
-            raise RuntimeError(f"reply without 'actions': {type(reply).__name__}")
+            log.error("reply without 'actions' from the env (%s), holding pose", protocol.describe(reply))
+            self.refusals.append(f"reply without 'actions': {protocol.describe(reply)}")
+            return
         try:
             actions = protocol.check_action_chunk(reply["actions"])
         except protocol.InvalidAction as err:  # second line of defence: never execute a bad chunk
@@ -187,21 +203,51 @@ class Bridge:
         self.execute(actions, steps)
 
     def run(self, max_queries: int | None = None) -> None:
-        """Query/execute until stopped; a dropped connection is retried (the robot holds its pose meanwhile)."""
+        """Query/execute until stopped. A refused, failed or dropped connection is retried with exponential
+        backoff (the robot holds its pose meanwhile); a wrong API key or a frame over the env's size limit stop
+        it with an error, since retrying cannot help."""
         if self.io.realtime and self._recorder_thread is None:
             self._recorder_thread = threading.Thread(target=self._record_forever, name="state-recorder", daemon=True)
             self._recorder_thread.start()
+        uri = self.config.uri
         while not self.stop_event.is_set():
             if max_queries is not None and self.queries >= max_queries:
                 return
+            sessions_before = self.sessions
             try:
                 with self._connect() as ws:
                     self._session(ws, max_queries)
-            except (ConnectionClosed, OSError, TimeoutError, InvalidStatus) as err:
-                if isinstance(err, InvalidStatus) and err.response.status_code == 401:
-                    raise PermissionError(f"the env at {self.config.uri} refused our API key") from err
-                log.warning("connection to %s lost (%s); retrying", self.config.uri, err)
-                self.stop_event.wait(self.config.reconnect_delay_s)
+                continue
+            except InvalidStatus as err:
+                if err.response.status_code == 401:
+                    raise PermissionError(f"the env at {uri} refused our API key") from err
+                problem = f"the env at {uri} answered the handshake with HTTP {err.response.status_code}"
+            except EnvError as err:
+                problem = f"the env at {uri} turned us away: {err}"
+            except msgpack_numpy.WireFormatError as err:
+                problem = f"undecodable greeting from {uri}: {err}"
+            except ConnectionClosed as err:
+                close = err.rcvd or err.sent
+                if close is not None and close.code == 1009:
+                    raise ValueError(
+                        f"the env at {uri} closed the connection because an observation frame was over its size "
+                        f"limit ({close.reason}); send images at the env's image_size or raise its "
+                        "DobotEnvConfig.max_frame_bytes"
+                    ) from err
+                problem = f"connection to the env at {uri} lost ({err})"
+            except (OSError, TimeoutError) as err:
+                if self.sessions == 0:
+                    problem = f"waiting for the env at {uri} (never connected yet: {err or type(err).__name__})"
+                elif self.sessions > sessions_before:
+                    problem = f"connection to the env at {uri} lost ({err or type(err).__name__})"
+                else:
+                    problem = f"waiting for the env at {uri} to come back ({err or type(err).__name__})"
+            self._back_off(problem)
+
+    def _back_off(self, problem: str) -> None:
+        log.warning("%s; retrying in %.1f s", problem, self._delay)
+        self.stop_event.wait(self._delay)
+        self._delay = min(2 * self._delay, self.config.max_reconnect_delay_s)
 
     def _connect(self) -> ClientConnection:
         headers = {"Authorization": f"Api-Key {self.config.api_key}"} if self.config.api_key else None
@@ -209,12 +255,17 @@ class Bridge:
             self.config.uri,
             additional_headers=headers,
             compression=None,
-            max_size=None,
+            max_size=self.config.max_reply_bytes,
             open_timeout=self.config.open_timeout_s,
         )
 
     def _session(self, ws: ClientConnection, max_queries: int | None) -> None:
-        metadata = msgpack_numpy.unpackb(ws.recv())
+        metadata = ws.recv()
+        if isinstance(metadata, str):  # e.g. "another robot is already connected"
+            raise EnvError(metadata)
+        metadata = msgpack_numpy.unpackb(metadata)
+        self.sessions += 1
+        self._delay = self.config.reconnect_delay_s
         log.info("connected to %s, server metadata %s", self.config.uri, metadata)
         while not self.stop_event.is_set():
             if max_queries is not None and self.queries >= max_queries:
@@ -222,7 +273,17 @@ class Bridge:
             ws.send(msgpack_numpy.packb(self.observation()))
             reply = ws.recv()
             self.queries += 1
-            self.handle_reply(reply if isinstance(reply, str) else msgpack_numpy.unpackb(reply))
+            try:
+                self.handle_reply(reply if isinstance(reply, str) else msgpack_numpy.unpackb(reply))
+            except EnvError as err:  # the env refused this observation; the connection stays usable
+                self.env_errors.append(str(err))
+                self._back_off(str(err))
+                continue
+            except msgpack_numpy.WireFormatError as err:
+                log.error("undecodable reply from the env (%s), holding pose", err)
+                self.refusals.append(f"undecodable reply: {err}")
+                continue
+            self._delay = self.config.reconnect_delay_s
 
     def _record_forever(self) -> None:
         while not self.stop_event.is_set():

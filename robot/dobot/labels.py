@@ -32,7 +32,10 @@ class RobotLabels:
         pass
 
     def poll(self, obs: dict, extras: dict) -> tuple[str | None, str]:
-        return extras.get("episode_label"), extras.get("episode_label_reason") or "robot label"
+        label = extras.get("episode_label")
+        if label is None:
+            return None, ""
+        return label, extras.get("episode_label_reason") or "robot label (no reason given)"
 
 
 class StdinHub:
