@@ -245,7 +245,7 @@ class Bridge:
             self._back_off(problem)
 
     def _back_off(self, problem: str) -> None:
-        log.warning("%s; retrying in %.1f s", problem, self._delay)
+        log.warning("%s; retrying in %.3g s", problem, self._delay)
         self.stop_event.wait(self._delay)
         self._delay = min(2 * self._delay, self.config.max_reconnect_delay_s)
 

@@ -407,15 +407,14 @@ class DobotEnv(gym.Env):
                 self._inbox.put(incoming)
                 if not await self._wait_for_reply(ws, incoming):
                     return
-        except ConnectionClosed:
-            pass
-        finally:
-            if ws.close_code == 1009:
+        except ConnectionClosed as err:
+            if err.sent is not None and err.sent.code == 1009:
                 log.error(
                     "closed the robot connection: it sent a frame over the %d-byte limit (%s)",
                     self.max_frame_bytes,
                     self._frame_limit_origin(),
                 )
+        finally:
             self._active = None
             self._connected.clear()
             self._inbox.put(_DISCONNECTED)

@@ -73,7 +73,8 @@ def _state_vector(value, where: str) -> np.ndarray:
         raise ProtocolError(f"{where} must be a numeric array of shape ({STATE_DIM},), got {describe(value)}") from None
     if arr.dtype.kind not in "fiu" or arr.shape != (STATE_DIM,):
         raise ProtocolError(f"{where} must be a numeric array of shape ({STATE_DIM},), got {arr.dtype} {arr.shape}")
-    arr = arr.astype(np.float32)  # a native-order copy, whatever the sender's byte order
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+        arr = arr.astype(np.float32)  # a native-order copy, whatever the sender's byte order
     if not np.all(np.isfinite(arr)):
         raise ProtocolError(f"{where} contains NaN or inf: {arr}")
     return arr
@@ -165,7 +166,7 @@ def parse_observation(msg, spec: ObservationSpec) -> tuple[dict, dict]:
     mask = np.zeros(n, bool)
     mask[: len(chunk)] = True
     label = msg.get("episode_label")
-    if label not in (None, *LABELS):
+    if not (label is None or (isinstance(label, str) and label in LABELS)):
         raise ProtocolError(f"episode_label must be None, 'success' or 'failure', got {describe(label)}")
     reason = msg.get("episode_label_reason")
     if reason is not None and not isinstance(reason, str):

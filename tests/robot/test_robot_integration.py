@@ -26,7 +26,6 @@ def make_env(**kw):
         host="127.0.0.1",
         port=0,
         image_size=SIZE,
-        max_episode_steps=400,
         joint_low=VIPERX_LOW,
         joint_high=VIPERX_HIGH,
         reset_pose=START,
