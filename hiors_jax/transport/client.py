@@ -25,7 +25,7 @@ from hiors_jax.transport.codec import WireError
 from hiors_jax.transport.config import TrainerConfig
 from hiors_jax.transport.datastore import DataStoreBase, QueuedDataStore, Stream
 from hiors_jax.transport.envelope import DEFAULT_MAX_MESSAGE_BYTES, MAGIC, AuthError, Envelope, normalize_key
-from hiors_jax.transport.server import WIRES, set_keepalive
+from hiors_jax.transport.server import WIRES, _RateLimitedLog, set_keepalive
 from hiors_jax.transport.weights import MAX_CHUNK_FRAME_BYTES, NetworkAssembler
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class TrainerClient:
         self._publisher: int | None = None  # learner run whose broadcasts we accept (learned in a fresh reply)
         self._network_floor = 0  # broadcasts older than the newest the learner had when we joined are stale
         self._network_refetch = threading.Event()
+        self._limited = _RateLimitedLog(log)  # one line per second for chunk-by-chunk refusals
         self._server_run: int | None = None
         self._cursors: dict[tuple[str, int], int] = {}  # (store, epoch) -> next seq to send
         self._legacy_offsets: dict[str, int] = {}
@@ -632,7 +633,12 @@ class TrainerClient:
             version = msg.get("v")
             if msg.get("pub") != self._publisher or not isinstance(version, int) or version < self._network_floor:
                 self.stats["stale_broadcasts"] += 1
-                log.warning("ignored a weight broadcast from run %s v%s (not fresh)", msg.get("pub"), version)
+                self._limited.warning(
+                    "stale-broadcast",
+                    "ignored a weight broadcast chunk from run %s v%s (not fresh)",
+                    msg.get("pub"),
+                    version,
+                )
                 return
         with self._assembler_lock:
             done = self._assembler.feed(msg)

@@ -96,7 +96,8 @@ def _bind(sock: zmq.Socket, address: str, wait_s: float = 3.0) -> None:
 class _RateLimitedLog:
     """Logs at most one line per reason per second, with a count of the suppressed ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger = log) -> None:
+        self._log = logger
         self._last: dict[str, tuple[float, int]] = {}
 
     def warning(self, reason: str, msg: str, *args: Any) -> None:
@@ -104,7 +105,7 @@ class _RateLimitedLog:
         last, suppressed = self._last.get(reason, (0.0, 0))
         if now - last >= 1.0:
             suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
-            log.warning(msg + suffix, *args)
+            self._log.warning(msg + suffix, *args)
             self._last[reason] = (now, 0)
         else:
             self._last[reason] = (last, suppressed + 1)

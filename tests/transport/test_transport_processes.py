@@ -4,6 +4,7 @@ at once, and check by id that every transition reached the learner's persisted r
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,40 @@ def test_actor_sigkill_and_restart_loses_nothing(peers):
     assert unlogged <= {f"c-{last + 1}"}, unlogged
     # the killed run's journal was resent, acknowledged and deleted; only the last run's remains
     assert len(list((peers.tmp / "spill-c").glob("epoch-*"))) == 1
+
+
+def test_actor_restart_with_a_corrupt_journal_record_delivers_everything_else_once(peers):
+    """An actor killed with unacknowledged items, then a record in the middle of its journal goes bad (bit
+    rot while it was down): the restarted actor quarantines that record, names the file and offset, and
+    every other item still reaches the learner exactly once."""
+    learner = peers.learner()
+    actor = peers.actor("d", 120, spill=True)
+    wait_for(lambda: len(peers.logged("d")) >= 20, 60, "actor progress")
+    learner.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: len(peers.logged("d")) >= 50, 60, "actor progress while the learner is frozen")
+        actor.kill()
+        actor.wait(timeout=10)
+    finally:
+        learner.send_signal(signal.SIGCONT)
+    (segment,) = (peers.tmp / "spill-d").glob("epoch-*/seg-*.log")
+    data = bytearray(segment.read_bytes())
+    # records start with their marker; each one's msgpack header names its transition id
+    starts = [m.start() for m in re.finditer(rb"HJR2", data)] + [len(data)]
+    records = []
+    for start, end in zip(starts, starts[1:], strict=False):
+        found = re.search(rb"\xa2id[\xa0-\xbf](d-\d+)", data[start : start + 200])
+        records.append((start, end, found.group(1).decode() if found else None))
+    start, end, bad_id = records[-10]  # well inside the items the frozen learner never acknowledged
+    assert bad_id is not None
+    data[(start + end) // 2 : (start + end) // 2 + 16] = bytes(16)  # a zeroed block in its image bytes
+    segment.write_bytes(bytes(data))
+    actor = peers.actor("d", 120, spill=True)
+    ids = finish(peers, learner, [actor])
+    duplicates = [i for i, n in collections.Counter(ids).items() if n > 1]
+    assert not duplicates, f"duplicated: {duplicates[:10]}"
+    logged = set(peers.logged("d"))
+    assert logged - {bad_id} <= set(ids), f"lost: {sorted(logged - {bad_id} - set(ids))[:10]}"
+    logs = peers.logs()
+    assert f"journal {segment}: bytes {start}.." in logs and "quarantine" in logs, logs
+    assert list((peers.tmp / "spill-d" / "quarantine").glob("*.bad"))
