@@ -1,18 +1,18 @@
 """Tiny model, parameters and hand-built batches for the agent and learner tests.
 
-`Batch` follows the pipeline contract (hiors_jax.data.pipeline.Batch): a model-ready `observation`, `actions`
+Batches are `hiors_jax.data.pipeline.Batch` built by hand: a model-ready `observation`, `actions`
 (B, H, action_dim) normalised and padded, `action_is_pad` (B, H), `weight` (B,), and for SAC `reward`, `done`,
 `next_observation`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import numpy as np
 
+from hiors_jax.data.pipeline import Batch
 from hiors_jax.models import config as model_config
 from hiors_jax.models import pi0
 
@@ -32,18 +32,6 @@ def _params(config, seed):
 
 def tiny_params(config, seed=0):
     return _params(config, seed)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    observation: pi0.Observation
-    actions: np.ndarray
-    action_is_pad: np.ndarray
-    weight: np.ndarray
-    reward: np.ndarray | None = None
-    done: np.ndarray | None = None
-    next_observation: pi0.Observation | None = None
 
 
 def random_observation(config, batch, rng):
@@ -70,14 +58,11 @@ def random_batch(config, batch=4, seed=0, sac=False):
     is_pad = np.zeros((batch, config.action_horizon), bool)
     is_pad[0, -3:] = True  # one sample whose chunk ran past its episode's end
     weight = np.ones(batch, np.float32)
-    extra = {}
-    if sac:
-        extra = dict(
-            reward=rng.random(batch).astype(np.float32),
-            done=(rng.random(batch) < 0.3),
-            next_observation=random_observation(config, batch, rng),
-        )
-    return Batch(random_observation(config, batch, rng), actions, is_pad, weight, **extra)
+    observation = random_observation(config, batch, rng)
+    reward = rng.random(batch).astype(np.float32)
+    done = rng.random(batch) < 0.3
+    next_observation = random_observation(config, batch, rng) if sac else None
+    return Batch(observation, actions, is_pad, weight, reward, done, next_observation)
 
 
 def tree_equal(a, b) -> bool:
