@@ -29,6 +29,11 @@ from hiors_jax.models import preprocessing, weights
 log = logging.getLogger(__name__)
 
 
+class PersistDeferred(Exception):
+    """Raised by a replay_persist hook that cannot make everything received durable right now: the checkpoint
+    is written without new transport marks (actors keep those transitions until a later persist)."""
+
+
 class Checkpointer:
     """save_every: save when `step % save_every == 0` (and on `force`); keep: newest steps kept on disk."""
 
@@ -68,14 +73,9 @@ class Checkpointer:
         """
         self.wait()
         host_state = jax.device_get(state)
-        meta = dict(meta or {})
+        meta = dict(meta or {}, step=int(step))
 
-        def write(marks: list | None) -> None:
-            full = dict(meta, step=int(step))
-            if marks is not None:
-                full["transport_marks"] = marks
-            if replay_persist is not None:
-                full["replay"] = replay_persist(marks or [])
+        def write(full: dict) -> None:
             self._manager.save(
                 int(step),
                 args=ocp.args.Composite(state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(full)),
@@ -83,11 +83,21 @@ class Checkpointer:
             )
             self._manager.wait_until_finished()
 
+        def write_with_marks(marks: list) -> None:
+            full = dict(meta, transport_marks=marks)
+            if replay_persist is not None:
+                full["replay"] = replay_persist(marks)  # may raise PersistDeferred: nothing written yet
+            write(full)
+
         def job() -> None:
-            if persist is not None:
-                persist(write)
-            else:
-                write(None)
+            if persist is None:
+                write(meta)
+                return
+            try:
+                persist(write_with_marks)
+            except PersistDeferred as why:
+                log.info("checkpoint %d written without transport marks: %s", step, why)
+                write(meta)
 
         if self._worker is None:
             job()

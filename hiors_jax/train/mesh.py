@@ -129,8 +129,15 @@ def state_shardings(agent: Agent, state_shapes: TrainState, mesh: Mesh, param_ru
 
 
 def global_batch(local_batch, sharding: NamedSharding):
-    """A host's share of the batch -> one global jax.Array per leaf (on one host: the whole batch, split)."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+    """A host's share of the batch -> one global jax.Array per leaf (on one host: the whole batch, split).
+    Leaves already on devices (a loader that placed them) are only resharded if needed."""
+
+    def one(x):
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(one, local_batch)
 
 
 class ShardedUpdate:
