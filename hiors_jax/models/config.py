@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -15,8 +16,24 @@ PALIGEMMA_VOCAB_SIZE = 257_152
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """openpi's `lora.LoRAConfig`: low-rank adapters with `scaling = alpha / rank` (alpha / sqrt(rank) with rslora).
+
+    openpi's attention adapters use the scaling; its feed-forward adapters ignore alpha (scaling 1).
+    """
+
+    rank: int
+    alpha: float = 1.0
+    rslora: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+@dataclasses.dataclass(frozen=True)
 class GemmaConfig:
-    """One expert of the shared-attention transformer (openpi `gemma.Config`)."""
+    """One expert of the shared-attention transformer (openpi `gemma.Config`, incl. its `lora_configs`)."""
 
     width: int
     depth: int
@@ -24,6 +41,16 @@ class GemmaConfig:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    lora_attn: LoraConfig | None = None  # openpi lora_configs["attn"]: q, kv and attn_vec einsums
+    lora_ffn: LoraConfig | None = None  # openpi lora_configs["ffn"]: gating_einsum and linear
+
+    def replace(self, **changes) -> GemmaConfig:
+        return dataclasses.replace(self, **changes)
+
+    def with_lora(self, rank: int, alpha: float | None = None) -> GemmaConfig:
+        """LoRA of `rank` on attention and feed-forward, alpha = rank unless given (openpi's shipped variants)."""
+        lora = LoraConfig(rank=rank, alpha=float(rank if alpha is None else alpha))
+        return self.replace(lora_attn=lora, lora_ffn=lora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +72,26 @@ class SiglipConfig:
 GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256)
 GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
 SO400M_14 = SiglipConfig(width=1152, depth=27, mlp_dim=4304, num_heads=16)
+GEMMA_2B_LORA = GEMMA_2B.with_lora(16)  # openpi gemma_2b_lora: rank 16, alpha 16
+GEMMA_300M_LORA = GEMMA_300M.with_lora(32)  # openpi gemma_300m_lora: rank 32, alpha 32
+
+# Rematerialisation of each scanned layer (SigLIP blocks and Gemma layers) in the backward pass:
+# "none" keeps every activation, "dots" saves matmul outputs without batch dims (recomputes the cheap rest),
+# "full" saves only each layer's input (openpi's nothing_saveable, always on in openpi's training).
+REMAT_POLICIES = ("none", "dots", "full")
+
+
+def remat_policy(remat: str | bool):
+    """The jax.checkpoint policy of a REMAT_POLICIES name (None for "none": no rematerialisation)."""
+    name = ("full" if remat else "none") if isinstance(remat, bool) else remat
+    if name == "none":
+        return None
+    if name == "dots":
+        # Attention logits have batch dims (B, K) and are the largest activations: recompute them.
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    raise ValueError(f"remat={remat!r} must be one of {REMAT_POLICIES} (or True / False)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +99,9 @@ class Pi0Config:
     """PI0 (pi05=False) or PI0.5 (pi05=True).
 
     `dtype` is the activation (compute) dtype; parameters keep whatever dtype they were created or loaded in
-    (f32 params with bf16 compute is openpi's mixed-precision training policy). `remat` recomputes each
-    transformer layer in the backward pass instead of storing its activations.
+    (f32 params with bf16 compute is openpi's mixed-precision training policy). `remat` is the rematerialisation
+    policy of every scanned layer, one of REMAT_POLICIES; it defaults to "full" (openpi's training setting; it does
+    not change forward results). `True` / `False` are accepted for "full" / "none".
     """
 
     vlm: GemmaConfig = GEMMA_2B
@@ -66,9 +114,11 @@ class Pi0Config:
     max_token_len: int = 0  # 0 selects openpi's default: 48 for PI0, 200 for PI0.5
     image_keys: tuple[str, ...] = IMAGE_KEYS
     dtype: str = "bfloat16"
-    remat: bool = False
+    remat: str = "full"
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         if self.max_token_len == 0:
             object.__setattr__(self, "max_token_len", 200 if self.pi05 else 48)
         _validate(self)
@@ -107,6 +157,13 @@ def _validate(config: Pi0Config) -> None:
             f"Pi0Config: vision.image_size={config.vision.image_size} is not a multiple of "
             f"vision.patch_size={config.vision.patch_size}"
         )
+    if config.remat not in REMAT_POLICIES:
+        raise ValueError(f"Pi0Config: remat={config.remat!r} must be one of {REMAT_POLICIES} (or True / False)")
+    for name, cfg in (("vlm", vlm), ("expert", expert)):
+        for kind in ("lora_attn", "lora_ffn"):
+            lora = getattr(cfg, kind)
+            if lora is not None and (lora.rank <= 0 or lora.alpha <= 0):
+                raise ValueError(f"Pi0Config: {name}.{kind} has rank={lora.rank}, alpha={lora.alpha}; both must be > 0")
     if config.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"Pi0Config: dtype={config.dtype!r} must be 'float32' or 'bfloat16'")
     for name in ("action_dim", "action_horizon", "max_token_len", "vocab_size"):
@@ -149,11 +206,25 @@ def tiny_config(pi05: bool = False, **changes) -> Pi0Config:
     return Pi0Config(**defaults)
 
 
+def lora_config(pi05: bool = False, **changes) -> Pi0Config:
+    """openpi's LoRA fine-tuning model: gemma_2b_lora + gemma_300m_lora (pi0_*_low_mem_finetune configs)."""
+    return Pi0Config(vlm=GEMMA_2B_LORA, expert=GEMMA_300M_LORA, pi05=pi05, **changes)
+
+
+def tiny_lora_config(pi05: bool = False, **changes) -> Pi0Config:
+    """The tiny preset with LoRA rank 4 on the LM and rank 8 on the expert (alpha = rank), as the LoRA fixture."""
+    return tiny_config(pi05=pi05, vlm=TINY_VLM.with_lora(4), expert=TINY_EXPERT.with_lora(8), **changes)
+
+
 PRESETS = {
     "pi0": pi0_config,
     "pi05": pi05_config,
+    "pi0_lora": lambda **kw: lora_config(pi05=False, **kw),
+    "pi05_lora": lambda **kw: lora_config(pi05=True, **kw),
     "pi0_tiny": lambda **kw: tiny_config(pi05=False, **kw),
     "pi05_tiny": lambda **kw: tiny_config(pi05=True, **kw),
+    "pi0_tiny_lora": lambda **kw: tiny_lora_config(pi05=False, **kw),
+    "pi05_tiny_lora": lambda **kw: tiny_lora_config(pi05=True, **kw),
 }
 
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from hiors_jax.models.config import GemmaConfig
-from hiors_jax.models.init import lecun_normal
+from hiors_jax.models.config import GemmaConfig, LoraConfig, remat_policy
+from hiors_jax.models.init import lecun_normal, lora_normal
 
 RMS_EPS = 1e-6
 ROPE_MAX_WAVELENGTH = 10_000
@@ -78,11 +78,46 @@ def _gated_residual(x, y, gate):
     return x + y if gate is None else x + y * gate
 
 
-def _feed_forward(x, p):
+# openpi's lora._make_lora_eqns for the three attention einsums (L = the rank axis). For attn_vec the head axis
+# N is contracted in the A step and appears only on B's side in the B step, so B is summed over heads (openpi).
+LORA_EQNS = {
+    "BTD,NDH->BTNH": ("BTD,NDL->BTNL", "BTNL,NLH->BTNH"),
+    "BSD,2KDH->2BSKH": ("BSD,2KDL->2BSKL", "2BSKL,2KLH->2BSKH"),
+    "BTNH,NHD->BTD": ("BTNH,NHL->BTL", "BTL,NLD->BTD"),
+}
+
+
+def lora_einsum(eqn: str, x, p: dict, lora: LoraConfig | None, name: str = "einsum"):
+    """openpi's `lora.Einsum`: einsum(x, w) + einsum_b(einsum_a(x, lora_a), lora_b) * alpha / rank."""
     dtype = x.dtype
-    gating = p["gating_einsum"].astype(dtype)
-    hidden = jax.nn.gelu(jnp.dot(x, gating[0]), approximate=True) * jnp.dot(x, gating[1])
-    return jnp.dot(hidden, p["linear"].astype(dtype))
+    out = jnp.einsum(eqn, x, p["w"].astype(dtype))
+    if "lora_a" not in p:
+        return out
+    if lora is None:
+        raise ValueError(f"{name} has LoRA leaves but its expert config has no lora_attn")
+    eqn_a, eqn_b = LORA_EQNS[eqn]
+    delta = jnp.einsum(eqn_b, jnp.einsum(eqn_a, x, p["lora_a"].astype(dtype)), p["lora_b"].astype(dtype))
+    return out + delta * lora.scaling
+
+
+def _lora_dot(x, w, p: dict, name: str, index=None):
+    """openpi's `lora.FeedForward._dot`: x @ w (+ (x @ A) @ B, never scaled: openpi ignores alpha here)."""
+    dtype = x.dtype
+    out = jnp.dot(x, w.astype(dtype))
+    if f"{name}_lora_a" not in p:
+        return out
+    a, b = p[f"{name}_lora_a"], p[f"{name}_lora_b"]
+    if index is not None:
+        a, b = a[index], b[index]
+    return out + jnp.dot(jnp.dot(x, a.astype(dtype)), b.astype(dtype))
+
+
+def _feed_forward(x, p):
+    gating = p["gating_einsum"]
+    gate = _lora_dot(x, gating[0], p, "gating_einsum", 0)
+    up = _lora_dot(x, gating[1], p, "gating_einsum", 1)
+    hidden = jax.nn.gelu(gate, approximate=True) * up
+    return _lora_dot(hidden, p["linear"], p, "linear")
 
 
 def _attention(configs, attn_p, xs, positions, mask, kv_cache):
@@ -92,8 +127,9 @@ def _attention(configs, attn_p, xs, positions, mask, kv_cache):
     for i, x in enumerate(xs):
         if x is None:
             continue
-        qs.append(jnp.einsum("BTD,NDH->BTNH", x, attn_p[expert_name("q_einsum", i)]["w"].astype(dtype)))
-        k, v = jnp.einsum("BSD,2KDH->2BSKH", x, attn_p[expert_name("kv_einsum", i)]["w"].astype(dtype))
+        q_name, kv_name = expert_name("q_einsum", i), expert_name("kv_einsum", i)
+        qs.append(lora_einsum("BTD,NDH->BTNH", x, attn_p[q_name], configs[i].lora_attn, q_name))
+        k, v = lora_einsum("BSD,2KDH->2BSKH", x, attn_p[kv_name], configs[i].lora_attn, kv_name)
         ks.append(k)
         vs.append(v)
     q, k, v = (jnp.concatenate(parts, axis=1) for parts in (qs, ks, vs))
@@ -116,8 +152,8 @@ def _attention(configs, attn_p, xs, positions, mask, kv_cache):
             outs.append(None)
             continue
         end = start + x.shape[1]
-        w = attn_p[expert_name("attn_vec_einsum", i)]["w"].astype(dtype)
-        outs.append(jnp.einsum("BTNH,NHD->BTD", encoded[:, start:end], w))
+        o_name = expert_name("attn_vec_einsum", i)
+        outs.append(lora_einsum("BTNH,NHD->BTD", encoded[:, start:end], attn_p[o_name], configs[i].lora_attn, o_name))
         start = end
     return outs, (k, v)
 
@@ -157,7 +193,7 @@ def apply(
     adarms_cond: Sequence[jax.Array | None] | None = None,
     kv_cache: tuple[jax.Array, jax.Array] | None = None,
     dtype=jnp.float32,
-    remat: bool = False,
+    remat: str | bool = "none",
 ):
     """Run all layers over the experts' token segments.
 
@@ -174,8 +210,8 @@ def apply(
         layer_p, layer_cache = layer
         return _layer(configs, layer_p, carry, positions, mask, adarms_cond, layer_cache)
 
-    if remat:
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+    if remat_policy(remat) is not None:
+        body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
     xs, kv = jax.lax.scan(body, xs, (params["layers"], kv_cache))
     outs = [
         None if x is None else rms_norm(x, params[expert_name("final_norm", i)], adarms_cond[i])[0]
@@ -188,6 +224,7 @@ def init_gemma(configs: Sequence[GemmaConfig], vocab_size: int, key: jax.Array, 
     """Fresh parameters for the multi-expert transformer; experts listed in `adaptive` get adaRMS norms."""
     depth = configs[0].depth
     keys = iter(jax.random.split(key, 8 * len(configs) + 1))
+    lora_keys = iter(jax.random.split(jax.random.fold_in(key, 1), 10 * len(configs)))
     layers = {"attn": {}}
     params = {
         "embedder": {
@@ -221,6 +258,25 @@ def init_gemma(configs: Sequence[GemmaConfig], vocab_size: int, key: jax.Array, 
             "gating_einsum": lecun_normal(next(keys), (depth, 2, d, m), fan_in=d, dtype=dtype),
             "linear": lecun_normal(next(keys), (depth, m, d), fan_in=m, dtype=dtype),
         }
+        if cfg.lora_attn is not None:
+            r = cfg.lora_attn.rank
+            for name, a_shape, b_shape in (
+                ("q_einsum", (n, d, r), (n, r, h)),
+                ("kv_einsum", (2, k, d, r), (2, k, r, h)),
+                ("attn_vec_einsum", (n, h, r), (n, r, d)),
+            ):
+                attn[expert_name(name, i)].update(
+                    lora_a=lora_normal(next(lora_keys), (depth, *a_shape), dtype),
+                    lora_b=lora_normal(next(lora_keys), (depth, *b_shape), dtype),
+                )
+        if cfg.lora_ffn is not None:
+            r = cfg.lora_ffn.rank
+            layers[expert_name("mlp", i)].update(
+                gating_einsum_lora_a=lora_normal(next(lora_keys), (depth, 2, d, r), dtype),
+                gating_einsum_lora_b=lora_normal(next(lora_keys), (depth, 2, r, m), dtype),
+                linear_lora_a=lora_normal(next(lora_keys), (depth, m, r), dtype),
+                linear_lora_b=lora_normal(next(lora_keys), (depth, r, d), dtype),
+            )
         layers[expert_name("pre_attention_norm", i)] = norm(i, d, stacked=True)
         layers[expert_name("pre_ffw_norm", i)] = norm(i, d, stacked=True)
         params[expert_name("final_norm", i)] = norm(i, d, stacked=False)

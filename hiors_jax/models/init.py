@@ -11,3 +11,8 @@ def lecun_normal(key, shape, fan_in, dtype=jnp.float32):
 def xavier_uniform(key, shape, fan_in, fan_out, dtype=jnp.float32):
     limit = jnp.sqrt(6.0 / (fan_in + fan_out))
     return jax.random.uniform(key, shape, minval=-limit, maxval=limit).astype(dtype)
+
+
+def lora_normal(key, shape, dtype=jnp.float32):
+    """openpi's LoRA init for both factors: N(0, 0.01^2) (B is not zero, so a fresh LoRA model is not the base)."""
+    return (0.01 * jax.random.normal(key, shape)).astype(dtype)

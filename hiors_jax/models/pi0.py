@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hiors_jax.models import gemma, siglip, weights
-from hiors_jax.models.config import GemmaConfig, Pi0Config, SiglipConfig
+from hiors_jax.models.config import GemmaConfig, LoraConfig, Pi0Config, SiglipConfig
 from hiors_jax.models.init import lecun_normal
 
 
@@ -427,7 +427,20 @@ def infer_config(params: dict, **overrides) -> Pi0Config:
         depth, n, d, h = _shape_at(flat, f"{llm}/layers/attn/{gemma.expert_name('q_einsum', i)}/w")
         k = _shape_at(flat, f"{llm}/layers/attn/{gemma.expert_name('kv_einsum', i)}/w")[2]
         m = _shape_at(flat, f"{llm}/layers/{gemma.expert_name('mlp', i)}/linear")[1]
-        return GemmaConfig(width=d, depth=depth, mlp_dim=m, num_heads=n, num_kv_heads=k, head_dim=h)
+        # LoRA rank from each expert's own leaves; alpha is not stored: openpi's shipped variants use alpha = rank.
+        attn_a = flat.get(f"{llm}/layers/attn/{gemma.expert_name('q_einsum', i)}/lora_a")
+        ffn_a = flat.get(f"{llm}/layers/{gemma.expert_name('mlp', i)}/linear_lora_a")
+        lora = lambda shape: None if shape is None else LoraConfig(rank=shape[-1], alpha=float(shape[-1]))
+        return GemmaConfig(
+            width=d,
+            depth=depth,
+            mlp_dim=m,
+            num_heads=n,
+            num_kv_heads=k,
+            head_dim=h,
+            lora_attn=lora(attn_a),
+            lora_ffn=lora(ffn_a),
+        )
 
     patch, _, _, vwidth = _shape_at(flat, f"{img}/embedding/kernel")
     num_tokens = _shape_at(flat, f"{img}/pos_embedding")[1]
@@ -473,7 +486,9 @@ def load_openpi_params(path, *, dtype=None, **overrides) -> tuple[Pi0Config, dic
     `path` is the `params` directory or the checkpoint directory holding it. Every model size is inferred from
     the stored shapes. `dtype` casts the parameters on load (openpi's inference path uses bfloat16). The compute
     dtype is the parameters' dtype (float32 only if every leaf is float32) unless `compute_dtype=` is given.
-    Other overrides (`action_horizon`, `max_token_len`, `remat`) go to the config.
+    Other overrides (`action_horizon`, `max_token_len`, `remat`) go to the config. LoRA leaves (openpi's
+    gemma_2b_lora / gemma_300m_lora fine-tunes) load too: each expert's rank comes from its own leaves and alpha is
+    taken equal to the rank, as in openpi's shipped variants (pass `vlm=` / `expert=` configs to state another).
     """
     path = pathlib.Path(path)
     if not (path / "_METADATA").exists() and (path / "params" / "_METADATA").exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hiors_jax.models.config import SiglipConfig
+from hiors_jax.models.config import SiglipConfig, remat_policy
 from hiors_jax.models.init import lecun_normal, xavier_uniform
 
 LN_EPS = 1e-6
@@ -52,7 +52,7 @@ def _encoder_block(x, p, dtype):
     return x + _dense(y, mlp["Dense_1"], dtype)
 
 
-def encode_images(cfg: SiglipConfig, params: dict, images: jax.Array, dtype, remat: bool = False) -> jax.Array:
+def encode_images(cfg: SiglipConfig, params: dict, images: jax.Array, dtype, remat: str | bool = "none") -> jax.Array:
     """(B, H, W, 3) float images in [-1, 1] -> (B, num_tokens, projector width) tokens in `dtype`."""
     x = jax.lax.conv_general_dilated(
         images.astype(jnp.float32),
@@ -69,8 +69,8 @@ def encode_images(cfg: SiglipConfig, params: dict, images: jax.Array, dtype, rem
     def block(carry, layer_params):
         return _encoder_block(carry, layer_params, dtype), None
 
-    if remat:
-        block = jax.checkpoint(block, policy=jax.checkpoint_policies.nothing_saveable)
+    if remat_policy(remat) is not None:
+        block = jax.checkpoint(block, policy=remat_policy(remat), prevent_cse=False)
     tower = params["Transformer"]
     x, _ = jax.lax.scan(block, x, tower["encoderblock"])
     x = layer_norm(x, tower["encoder_norm"]["scale"], tower["encoder_norm"]["bias"], dtype)
