@@ -7,6 +7,11 @@ Wire schema (msgpack-numpy, see msgpack_numpy.py), robot -> env:
     optional episode_label: "success" | "failure" | None and episode_label_reason: str (a robot-side labeller).
 env -> robot: {"actions": float32 (50, 14)} plus optional "reset": True, "seed": int | None (start a new
 episode) or "refused": str (the chunk was refused; the robot holds its pose).
+
+Refusals are ProtocolErrors whose text names the field (`state_chunk[3].state`, `images.cam_high`) and what
+was wrong with it; received values appear in them only in bounded form (`describe`). Images must be uint8 with
+3 channels and sides within MAX_IMAGE_RESCALE of the configured size; every array handed out is a fresh,
+writable, native-order copy, whatever byte order or layout arrived.
 """
 
 from __future__ import annotations
