@@ -195,3 +195,42 @@ def test_schedule_and_window_capacity(tmp_path):
         (2, 2),
         (2, 3),
     ]
+
+
+def test_store_behind_the_real_transport(tmp_path):
+    """Transitions travel actor -> learner over the real ZeroMQ transport into the store's insert; a bad one is
+    refused back to the actor by name and the episode around it is still committed."""
+    import socket
+
+    from hiors_jax.transport import QueuedDataStore, TrainerClient, TrainerConfig, TrainerServer
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    config = TrainerConfig(ports[0], ports[1], [])
+    s = store(tmp_path)
+    server = TrainerServer(config)
+    server.register_data_store("actor_env", s)
+    server.start(threaded=True)
+    client = None
+    try:
+        queue = QueuedDataStore(100)
+        client = TrainerClient("actor_env", "localhost", config, data_stores={"actor_env": queue}, timeout_ms=3000)
+        rng = np.random.default_rng(5)
+        sent = make_episode(rng, 4, success=True, episode_id=0)
+        poison = make_transition(rng, episode_id=0, step=9, reward=float("nan"))
+        for t in sent[:2] + [poison] + sent[2:]:
+            queue.insert(t)
+        assert client.update()
+        assert server.stats["rejected_items"] == 1
+        online = read_all(tmp_path / "online")
+        np.testing.assert_array_equal(online["observation.state"], np.stack([t["state"] for t in sent]))
+        for cam in CAMERAS:
+            np.testing.assert_array_equal(online[f"observation.images.{cam}"][3], sent[3]["images"][cam])
+        assert LeRobotDataset(tmp_path / "accepted").meta.total_episodes == 1
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
