@@ -7,7 +7,9 @@
    (online/ commit + acceptance + accepted/ commit + window update), median of 3 episodes.
 2. Batches of 56 from a full 20k-frame window: model-size images (224x224, as PI0 takes them; a 9 GB memmap)
    and tiny-preset images (56x56). Prints host sampling + transform latency, and end-to-end `BatchLoader`
-   throughput (prefetch thread, uint8 to the device, conversion + augmentation there).
+   throughput (prefetch thread, uint8 to the device, conversion there), without and with openpi's
+   augmentation (crop + rotate on the host with PIL, colour jitter on the device: on a CPU-only machine the
+   "device" shares the same 2 cores).
 3. Baseline: one jitted `value_and_grad` of the tiny preset's `compute_loss` at batch 56 (the learner's
    consumption rate), and the ratio of batch throughput to it (target >= 10x; >= 500 samples/s absolute).
 """
@@ -114,9 +116,10 @@ def full_window(directory: pathlib.Path, capacity: int, size: int) -> FrameWindo
     return window
 
 
-def bench_batches(window: FrameWindow, model, tok, batch: int, seconds: float, label: str) -> float:
+def bench_batches(window: FrameWindow, model, tok, batch: int, seconds: float, label: str, augment: bool) -> float:
     stats = norm_stats_from_windows([window])
-    config = PipelineConfig(batch_size=batch, ratios={"online": 1.0}, augment=True, prefetch=3)
+    config = PipelineConfig(batch_size=batch, ratios={"online": 1.0}, augment=augment, prefetch=3)
+    label += ", openpi augmentation" if augment else ", no augmentation"
     host_loader = BatchLoader({"online": window}, config, model, tok, stats)
     lat = []
     deadline = time.perf_counter() + seconds / 2
@@ -136,7 +139,7 @@ def bench_batches(window: FrameWindow, model, tok, batch: int, seconds: float, l
         rate = n * batch / (time.perf_counter() - start)
     print(
         f"batches {label}: host sample+transform of {batch}: median {1e3 * statistics.median(lat):.1f} ms "
-        f"({batch / statistics.median(lat):.0f} samples/s); end to end with device conversion + augmentation: "
+        f"({batch / statistics.median(lat):.0f} samples/s); end to end (prefetch thread, on the device): "
         f"{rate:.0f} samples/s"
     )
     return rate
@@ -189,14 +192,15 @@ def main() -> None:
         tok = PaligemmaTokenizer(tok_path, model.max_token_len)
         learner = bench_learner(model, args.batch, args.seconds)
         tiny = full_window(tmp / "w56", args.window, model.vision.image_size)
-        rate_tiny = bench_batches(tiny, model, tok, args.batch, args.seconds, f"{args.window}-frame window, 56 px")
+        rate_tiny = bench_batches(tiny, model, tok, args.batch, args.seconds, f"{args.window} frames, 56 px", True)
         print(f"ratio: tiny-preset batches {rate_tiny / learner:.1f}x the tiny learner's consumption (target >= 10x)")
         shutil.rmtree(tmp / "w56")
         real = model.replace(vision=dataclasses.replace(model.vision, image_size=224))
         big = full_window(tmp / "w224", args.window, 224)
         print(f"window: {args.window} frames x 3 cams at 224x224 = {big.nbytes / 2**30:.1f} GiB")
-        rate = bench_batches(big, real, tok, args.batch, args.seconds, f"{args.window}-frame window, 224 px")
-        print(f"ratio: 224 px batches {rate / learner:.1f}x the tiny learner; {rate:.0f} samples/s (target >= 500)")
+        for augment in (False, True):
+            rate = bench_batches(big, real, tok, args.batch, args.seconds, f"{args.window} frames, 224 px", augment)
+            print(f"ratio: 224 px batches {rate / learner:.1f}x the tiny learner; {rate:.0f} samples/s (target >= 500)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

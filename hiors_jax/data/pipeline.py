@@ -46,6 +46,13 @@ DEFAULT_CAMERA_MAP = {
     "right_wrist_0_rgb": "cam_right_wrist",
 }
 QUANTILE_BINS = 5000  # openpi's RunningStats
+# Source mixes of the algorithms (Hi-ORS trains on accepted episodes only; SAC samples demos and online
+# transitions 50/50, RLPD-style; SFT / behaviour cloning on demos).
+ALGORITHM_RATIOS = {
+    "hiors": {"accepted": 1.0},
+    "sac": {"demo": 0.5, "online": 0.5},
+    "sft": {"demo": 1.0},
+}
 
 
 @jax.tree_util.register_dataclass

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import pathlib
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -284,8 +285,10 @@ class FrameWindow:
     ):
         if capacity < 1:
             raise ValueError(f"window capacity must be >= 1 frame, got {capacity}")
-        self.directory = pathlib.Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(directory).mkdir(parents=True, exist_ok=True)
+        # Files private to this window, unlinked once mapped: two stores never share them, and the disk space
+        # goes back to the system when the process ends, however it ends.
+        self.directory = pathlib.Path(tempfile.mkdtemp(prefix="window-", dir=directory))
         self.capacity, self.image_size = int(capacity), tuple(image_size)
         self.cameras = tuple(cameras)
         h, w = self.image_size
@@ -293,6 +296,10 @@ class FrameWindow:
             cam: np.memmap(self.directory / f"{cam}.u8", np.uint8, "w+", shape=(self.capacity, h, w, 3))
             for cam in self.cameras
         }
+        for cam in self.cameras:
+            (self.directory / f"{cam}.u8").unlink()
+        self.directory.rmdir()
+        self.name = pathlib.Path(directory).name
         self.images = FrameCache(self.directory, arrays)
         n = self.capacity
         self.state = np.zeros((n, state_dim), np.float32)
@@ -372,7 +379,7 @@ class FrameWindow:
     def sample_slots(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """`n` slots drawn uniformly (with replacement) from the frames held."""
         if self.size == 0:
-            raise EmptySourceError(f"window {self.directory.name!r} is empty: nothing to sample yet")
+            raise EmptySourceError(f"window {self.name!r} is empty: nothing to sample yet")
         return rng.integers(0, self.size, n)  # slots [0, size) are the filled ones until the ring wraps
 
     def gather(self, slots: np.ndarray, with_next: bool = False) -> dict[str, Any]:
@@ -417,7 +424,8 @@ def window_from_dataset(
     Targets: per-step actions (D,) become chunks of the next `horizon` actions of the same episode (lerobot's
     delta_timestamps semantics, with is_pad); stored chunks (H, D) are used as they are (with
     `action_is_pad` when the dataset has it). `camera_keys` maps window camera names to dataset keys
-    (default: every camera, named after its key's last part).
+    (default: every camera, named after its key's last part). Without `next.reward` / `next.done` columns an
+    episode counts as a success ending at its last frame (reward 1 there), as the original's demos did.
     """
     dataset = LeRobotDataset(dataset_root)
     try:
@@ -456,8 +464,9 @@ def window_from_dataset(
             else:
                 targets, is_pad = chunks_from_actions(cat[action_key], episode, horizon, dims=action_dims)
             n = stop - start
-            reward = cat.get("next.reward", np.zeros(n)).astype(np.float32).reshape(n)
-            done = cat.get("next.done", np.arange(n) == n - 1).astype(bool).reshape(n)
+            last = np.arange(n) == n - 1  # without reward/done columns: a demo is a success that ends here
+            reward = cat.get("next.reward", last).astype(np.float32).reshape(n)
+            done = cat.get("next.done", last).astype(bool).reshape(n)
             truncated = cat.get("next.truncated", np.zeros(n, bool)).astype(bool).reshape(n)
             window.append_episode(
                 {name: cat[key] for name, key in camera_keys.items()},
@@ -517,8 +526,18 @@ class _OpenEpisode:
 class ReplayStore:
     """Episodes from actors into `online/` and `accepted/` LeRobot datasets, and the windows sampled from them.
 
-    Thread-safe: `insert` may run on the transport's thread while the learner samples. `insert` raises
-    TransitionError (a ValueError) for a bad transition and leaves everything stored and buffered as it was.
+    root: directory holding `online/`, `accepted/`, `actors.json` (actor id -> index stored per frame) and
+    `progress.json` (online episodes already decided); fps: dataset fps (the 10 Hz policy step);
+    acceptance: the Hi-ORS rules (`AcceptanceConfig`); window_frames: frames per source kept for sampling
+    (newest first; the memory is logged at start and in `window_nbytes`); image_size: (H, W) the windows
+    store images at (the model's, 224x224 for PI0); horizon / target_dims: relabelled target rows and state
+    dims (all by default); use_videos / vcodec: cameras as AV1 (or H.264) video, or PNG images (lossless);
+    window_dir: where the window memmaps live (default root/window; their files are unlinked once mapped).
+
+    The sending actor's episode ids must increase; a new id while its previous episode is open commits that
+    one as truncated (the actor restarted). Thread-safe: `insert` may run on the transport's thread while
+    the learner samples. `insert` raises TransitionError (a ValueError) for a bad transition and leaves
+    everything stored and buffered as it was; the stored datasets are only ever appended to.
     """
 
     def __init__(
