@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import pathlib
+import pickle
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -532,7 +533,10 @@ class ReplayStore:
     (newest first; the memory is logged at start and in `window_nbytes`); image_size: (H, W) the windows
     store images at (the model's, 224x224 for PI0); horizon / target_dims: relabelled target rows and state
     dims (all by default); use_videos / vcodec: cameras as AV1 (or H.264) video, or PNG images (lossless);
-    window_dir: where the window memmaps live (default root/window; their files are unlinked once mapped).
+    window_dir: where the window memmaps live (default root/window; their files are unlinked once mapped);
+    spill_open / fsync_open: transitions of open episodes are appended (fsync'ed) to `root/open/` before
+    `insert` returns, so nothing `insert` accepted is lost in a crash: the next start reopens those
+    episodes, and commits the ones that had ended.
 
     The sending actor's episode ids must increase; a new id while its previous episode is open commits that
     one as truncated (the actor restarted). Thread-safe: `insert` may run on the transport's thread while
@@ -554,6 +558,8 @@ class ReplayStore:
         vcodec: str = "libsvtav1",
         window_dir: str | pathlib.Path | None = None,
         image_stats_frames: int = 32,
+        spill_open: bool = True,
+        fsync_open: bool = True,
     ):
         self.root = pathlib.Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -562,6 +568,7 @@ class ReplayStore:
         # frames per episode sampled for the datasets' image stats (lerobot estimates them from a sample too;
         # PI0 does not use image stats, and quantiles over many frames dominated the commit time)
         self.image_stats_frames = int(image_stats_frames)
+        self.spill_open, self.fsync_open = spill_open, fsync_open
         self.acceptance = acceptance or AcceptanceConfig()
         self.window_frames, self.image_size, self.horizon = int(window_frames), tuple(image_size), int(horizon)
         self.target_dims = None if target_dims is None else tuple(int(d) for d in target_dims)
@@ -587,6 +594,7 @@ class ReplayStore:
             self.spec = spec_from_features(load_meta(self.online_root).features)
             self._make_windows()
             self._resume()
+        self._restore_spills()
 
     # ---------------------------------------------------------------- public
     def __len__(self) -> int:
@@ -630,6 +638,7 @@ class ReplayStore:
                 self.abandoned_episodes += 1
                 self._commit(actor)
                 current = None
+            self._spill(actor, t, new_episode=current is None)
             if current is None:
                 current = self._open[actor] = _OpenEpisode(episode_id, [])
             current.transitions.append(t)
@@ -642,7 +651,54 @@ class ReplayStore:
 
     @property
     def open_transitions(self) -> int:
+        """Transitions of episodes not ended yet (on disk in the spill files, not yet in the datasets)."""
         return sum(len(e.transitions) for e in self._open.values())
+
+    @property
+    def unpersisted_transitions(self) -> int:
+        """Transitions `insert` accepted that a crash now would lose (0 unless spill_open=False)."""
+        return 0 if self.spill_open else self.open_transitions
+
+    # ---------------------------------------------------------------- open-episode spill
+    def _spill_path(self, actor: str) -> pathlib.Path:
+        return self.root / "open" / f"{self._actor_index(actor)}.spill"
+
+    def _spill(self, actor: str, t: dict[str, Any], new_episode: bool) -> None:
+        """Append one accepted transition of an open episode to the actor's spill file (length-prefixed
+        pickles; a new episode starts the file over), so an acknowledged transition survives a crash."""
+        if not self.spill_open:
+            return
+        path = self._spill_path(actor)
+        path.parent.mkdir(exist_ok=True)
+        payload = pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(path, "wb" if new_episode else "ab") as f:
+            f.write(len(payload).to_bytes(8, "little") + payload)
+            f.flush()
+            if self.fsync_open:
+                os.fsync(f.fileno())
+
+    def _restore_spills(self) -> None:
+        """After a restart: reopen the episodes that were open, and commit those whose last transition had
+        arrived (a crash inside their commit); spills of episodes already committed are dropped."""
+        spill_dir = self.root / "open"
+        names = {v: k for k, v in self._actors.items()}
+        for path in sorted(spill_dir.glob("*.spill")) if spill_dir.is_dir() else []:
+            actor = names.get(int(path.stem))
+            records = _read_spill(path)
+            if actor is None or not records:
+                path.unlink()
+                continue
+            fresh = [t for t in records if t["episode_id"] > self._last_episode.get(actor, -1)]
+            if not fresh:
+                path.unlink()
+                continue
+            if self.spec is None:
+                self.spec = TransitionSpec.from_transition(fresh[0])
+                self._make_windows()
+            self._open[actor] = _OpenEpisode(fresh[0]["episode_id"], fresh)
+            self.recovery_log.append(f"open episode {fresh[0]['episode_id']} of {actor}: {len(fresh)} transitions")
+            if fresh[-1]["done"] or fresh[-1]["truncated"]:
+                self._commit(actor)
 
     def stats(self) -> dict[str, Any]:
         out = {f"acceptance/{k}": v for k, v in self.counters.as_dict().items()}
@@ -674,6 +730,8 @@ class ReplayStore:
         self._write(self.online_root, online_features(self.spec, self.use_videos), frames, [t["prompt"] for t in ts])
         self._last_episode[actor] = episode.episode_id
         self._after_online_commit(cols, [t["prompt"] for t in ts], label, online_episode)
+        if self.spill_open:
+            self._spill_path(actor).unlink(missing_ok=True)
 
     def _after_online_commit(self, cols: dict[str, Any], prompts: list[str], label, online_episode: int) -> None:
         """Acceptance, `accepted/` write and window updates for an episode already in `online/`."""
@@ -890,6 +948,18 @@ class ReplayStore:
                 )
         finally:
             ds.close()
+
+
+def _read_spill(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The complete records of a spill file (a torn last record, from a crash inside `insert`, is dropped)."""
+    data, records, pos = path.read_bytes(), [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 8], "little")
+        if pos + 8 + size > len(data):
+            break
+        records.append(pickle.loads(data[pos + 8 : pos + 8 + size]))
+        pos += 8 + size
+    return records
 
 
 def _total_frames(root: pathlib.Path) -> int:

@@ -234,3 +234,36 @@ def test_store_behind_the_real_transport(tmp_path):
         if client is not None:
             client.stop()
         server.stop()
+
+
+def test_open_episodes_survive_a_restart(tmp_path, monkeypatch):
+    """Transitions of an episode still open are spilled before insert returns: a restart reopens the episode
+    (a torn last record, from a crash inside insert, is dropped) and the episode completes as sent."""
+    rng = np.random.default_rng(6)
+    sent = make_episode(rng, 5, success=True, episode_id=3)
+    other = make_episode(rng, 2, success=True, episode_id=0, actor_id="actor-1")
+    s = store(tmp_path)
+    for t in sent[:3] + other[:1]:
+        s.insert(t)
+    assert s.open_transitions == 4 and s.unpersisted_transitions == 0
+    spill = sorted((tmp_path / "open").glob("*.spill"))[0]
+    with open(spill, "ab") as f:  # a record torn by a crash
+        f.write((10_000).to_bytes(8, "little") + b"partial")
+    s2 = store(tmp_path)  # the first store is simply abandoned, as a killed process would be
+    assert s2.open_transitions == 4
+    for t in sent[3:] + other[1:]:
+        s2.insert(t)
+    online = read_all(tmp_path / "online")
+    assert online["complementary_info.episode_id"].reshape(-1).tolist() == [3] * 5 + [0] * 2
+    np.testing.assert_array_equal(online["observation.state"][:5], np.stack([t["state"] for t in sent]))
+    assert not list((tmp_path / "open").glob("*.spill"))
+    # an episode whose last transition was spilled but not committed is committed at the next start
+    third = make_episode(rng, 3, success=True, episode_id=4)
+    s3 = store(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(ReplayStore, "_commit", lambda self, actor: None)  # "killed" right after the last spill
+        for t in third:
+            s3.insert(t)
+    s4 = store(tmp_path)
+    assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 3 and s4.open_transitions == 0
+    assert any("open episode 4" in line for line in s4.recovery_log)
