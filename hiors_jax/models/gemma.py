@@ -5,19 +5,23 @@ expert 1 = the action expert on the suffix); the segments attend to each other t
 per layer. An expert given `None` is skipped, which is how prefix-only and cached suffix-only passes run.
 
 Parameter names follow openpi: expert 0 keeps PaliGemma's names, expert i > 0 gets the suffix `_i`; layer
-leaves are stacked on a leading depth axis. Numerics follow openpi's precision policy: RMSNorm, RoPE, attention
-logits and softmax in float32, everything else in the compute dtype.
+leaves are stacked on a leading depth axis. `Gemma` is a Flax module (`Embedder`, `layers` = `Block` scanned over
+depth with optional remat, final norms) whose parameters carry logical axis names; `apply` runs it over an
+openpi-named `llm` dict. Numerics follow openpi's precision policy: RMSNorm, RoPE, attention logits and softmax in
+float32, everything else in the compute dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hiors_jax.models.config import GemmaConfig, LoraConfig, remat_policy
-from hiors_jax.models.init import lecun_normal, lora_normal
+from hiors_jax.models.init import Params, dense_specs, lecun, lora_init, param, scaled_normal, zeros
 
 RMS_EPS = 1e-6
 ROPE_MAX_WAVELENGTH = 10_000
@@ -120,18 +124,17 @@ def _feed_forward(x, p):
     return _lora_dot(hidden, p["linear"], p, "linear")
 
 
-def _attention(configs, attn_p, xs, positions, mask, kv_cache):
-    cfg = configs[0]
-    dtype = next(x.dtype for x in xs if x is not None)
-    qs, ks, vs = [], [], []
-    for i, x in enumerate(xs):
-        if x is None:
-            continue
-        q_name, kv_name = expert_name("q_einsum", i), expert_name("kv_einsum", i)
-        qs.append(lora_einsum("BTD,NDH->BTNH", x, attn_p[q_name], configs[i].lora_attn, q_name))
-        k, v = lora_einsum("BSD,2KDH->2BSKH", x, attn_p[kv_name], configs[i].lora_attn, kv_name)
-        ks.append(k)
-        vs.append(v)
+def embed_tokens(params: dict, tokens: jax.Array, dtype) -> jax.Array:
+    """Token embedding times sqrt(width) (the multiplier rounded to the table dtype, as openpi does)."""
+    table = params["embedder"]["input_embedding"]
+    x = table[(tokens,)]
+    x = x * jnp.sqrt(table.shape[-1]).astype(x.dtype)
+    return x.astype(dtype)
+
+
+def _attend(cfg: GemmaConfig, qs, ks, vs, positions, mask, kv_cache):
+    """Joint attention over the experts' concatenated segments: RoPE, scaled queries, f32 logits and softmax."""
+    dtype = qs[0].dtype
     q, k, v = (jnp.concatenate(parts, axis=1) for parts in (qs, ks, vs))
     q = apply_rope(q, positions) * cfg.head_dim**-0.5
     k = apply_rope(k, positions)
@@ -146,42 +149,219 @@ def _attention(configs, attn_p, xs, positions, mask, kv_cache):
     logits = jnp.where(mask[:, None, None, :, :], logits, BIG_NEG)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
-    outs, start = [], 0
-    for i, x in enumerate(xs):
-        if x is None:
-            outs.append(None)
-            continue
-        end = start + x.shape[1]
-        o_name = expert_name("attn_vec_einsum", i)
-        outs.append(lora_einsum("BTNH,NHD->BTD", encoded[:, start:end], attn_p[o_name], configs[i].lora_attn, o_name))
-        start = end
-    return outs, (k, v)
+    return encoded, (k, v)
 
 
-def _layer(configs, p, xs, positions, mask, conds, kv_cache):
-    normed, gates = [], []
-    for i, x in enumerate(xs):
-        h, g = rms_norm(x, p[expert_name("pre_attention_norm", i)], conds[i]) if x is not None else (None, None)
-        normed.append(h)
-        gates.append(g)
-    attn_out, kv = _attention(configs, p["attn"], normed, positions, mask, kv_cache)
-    xs = [None if x is None else _gated_residual(x, y, g) for x, y, g in zip(xs, attn_out, gates, strict=True)]
-    out = []
-    for i, x in enumerate(xs):
-        if x is None:
-            out.append(None)
-            continue
-        h, g = rms_norm(x, p[expert_name("pre_ffw_norm", i)], conds[i])
-        out.append(_gated_residual(x, _feed_forward(h, p[expert_name("mlp", i)]), g))
-    return out, kv
+# ---------------------------------------------------------------------------------------------------------------
+# Flax modules (openpi's gemma.py layout: Embedder, scanned Block of RMSNorm / Attention / FeedForward, final norms).
 
 
-def embed_tokens(params: dict, tokens: jax.Array, dtype) -> jax.Array:
-    """Token embedding times sqrt(width) (the multiplier rounded to the table dtype, as openpi does)."""
-    table = params["embedder"]["input_embedding"]
-    x = table[(tokens,)]
-    x = x * jnp.sqrt(table.shape[-1]).astype(x.dtype)
-    return x.astype(dtype)
+class Einsum(nn.Module):
+    """openpi's `lora.Einsum`: weight `w` (+ `lora_a`, `lora_b` acting on its last two axes when LoRA is on)."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    fan_in: int
+    lora: LoraConfig | None = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, eqn: str, x):
+        p = {"w": param(self, "w", lecun(self.fan_in), self.shape, self.axes, self.param_dtype)}
+        if self.lora is not None:
+            r, shape, axes = self.lora.rank, self.shape, self.axes
+            p["lora_a"] = param(self, "lora_a", lora_init, (*shape[:-1], r), (*axes[:-1], "lora"), self.param_dtype)
+            p["lora_b"] = param(
+                self, "lora_b", lora_init, (*shape[:-2], r, shape[-1]), (*axes[:-2], "lora", axes[-1]), self.param_dtype
+            )
+        return lora_einsum(eqn, x, p, self.lora, self.name)
+
+
+class FeedForward(nn.Module):
+    """GeGLU MLP (openpi's `lora.FeedForward`): gating_einsum (2, D, F) = [gelu branch, linear branch], linear."""
+
+    width: int
+    mlp_dim: int
+    lora: LoraConfig | None = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d, f = self.width, self.mlp_dim
+        specs = [
+            ("gating_einsum", (2, d, f), ("gate_up", "embed", "mlp"), lecun(d)),
+            ("linear", (f, d), ("mlp", "embed"), lecun(f)),
+        ]
+        if self.lora is not None:
+            r = self.lora.rank
+            specs += [
+                ("gating_einsum_lora_a", (2, d, r), ("gate_up", "embed", "lora"), lora_init),
+                ("gating_einsum_lora_b", (2, r, f), ("gate_up", "lora", "mlp"), lora_init),
+                ("linear_lora_a", (f, r), ("mlp", "lora"), lora_init),
+                ("linear_lora_b", (r, d), ("lora", "embed"), lora_init),
+            ]
+        p = {name: param(self, name, init, shape, axes, self.param_dtype) for name, shape, axes, init in specs}
+        return _feed_forward(x, p)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with (1 + scale); adaptive (PI0.5's expert): a zero-initialised Dense_0 of the conditioning vector."""
+
+    adaptive: bool = False
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cond=None):
+        d = x.shape[-1]
+        if not self.adaptive:
+            return rms_norm(x, {"scale": param(self, "scale", zeros, (d,), ("norm",), self.param_dtype)}, None)
+        if cond is None:
+            raise ValueError(f"{self.name}: an adaptive RMSNorm needs the adaRMS conditioning vector")
+        dense = Params(dense_specs(d, 3 * d, "embed", "adarms", zeros), self.param_dtype, name="Dense_0")()
+        return rms_norm(x, {"Dense_0": dense}, cond)
+
+
+class Attention(nn.Module):
+    """Per-expert q / kv / output projections around one joint attention (openpi's `gemma.Attention`)."""
+
+    configs: tuple[GemmaConfig, ...]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, xs, positions, mask, kv_cache=None):
+        qs, ks, vs = [], [], []
+        for i, (x, cfg) in enumerate(zip(xs, self.configs, strict=True)):
+            if x is None:
+                continue
+            d, n, k, h, lora = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.lora_attn
+            q_proj = Einsum(
+                (n, d, h), ("heads", "embed", "head_dim"), d, lora, self.param_dtype, name=expert_name("q_einsum", i)
+            )
+            kv_proj = Einsum(
+                (2, k, d, h),
+                ("kv", "kv_heads", "embed", "head_dim"),
+                d,
+                lora,
+                self.param_dtype,
+                name=expert_name("kv_einsum", i),
+            )
+            qs.append(q_proj("BTD,NDH->BTNH", x))
+            key, value = kv_proj("BSD,2KDH->2BSKH", x)
+            ks.append(key)
+            vs.append(value)
+        encoded, kv = _attend(self.configs[0], qs, ks, vs, positions, mask, kv_cache)
+        outs, start = [], 0
+        for i, (x, cfg) in enumerate(zip(xs, self.configs, strict=True)):
+            if x is None:
+                outs.append(None)
+                continue
+            end = start + x.shape[1]
+            n, h, d = cfg.num_heads, cfg.head_dim, cfg.width
+            out_proj = Einsum(
+                (n, h, d),
+                ("heads", "head_dim", "embed"),
+                n * h,
+                cfg.lora_attn,
+                self.param_dtype,
+                name=expert_name("attn_vec_einsum", i),
+            )
+            outs.append(out_proj("BTNH,NHD->BTD", encoded[:, start:end]))
+            start = end
+        return outs, kv
+
+
+class Block(nn.Module):
+    """One transformer layer of every expert; scanned over depth (its parameters stacked on a leading axis)."""
+
+    configs: tuple[GemmaConfig, ...]
+    adaptive: tuple[bool, ...]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, xs, kv_cache, positions, mask, conds):
+        norm = lambda name, i: RMSNorm(self.adaptive[i], self.param_dtype, name=expert_name(name, i))
+        normed, gates = [], []
+        for i, x in enumerate(xs):
+            h, g = norm("pre_attention_norm", i)(x, conds[i]) if x is not None else (None, None)
+            normed.append(h)
+            gates.append(g)
+        attn_out, kv = Attention(self.configs, self.param_dtype, name="attn")(normed, positions, mask, kv_cache)
+        xs = [None if x is None else _gated_residual(x, y, g) for x, y, g in zip(xs, attn_out, gates, strict=True)]
+        out = []
+        for i, x in enumerate(xs):
+            if x is None:
+                out.append(None)
+                continue
+            h, g = norm("pre_ffw_norm", i)(x, conds[i])
+            cfg = self.configs[i]
+            mlp = FeedForward(cfg.width, cfg.mlp_dim, cfg.lora_ffn, self.param_dtype, name=expert_name("mlp", i))
+            out.append(_gated_residual(x, mlp(h), g))
+        return out, kv
+
+
+class Embedder(nn.Module):
+    vocab_size: int
+    width: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, dtype):
+        table = param(
+            self,
+            "input_embedding",
+            scaled_normal(self.width**-0.5),
+            (self.vocab_size, self.width),
+            ("vocab", "embed"),
+            self.param_dtype,
+        )
+        return embed_tokens({"embedder": {"input_embedding": table}}, tokens, dtype)
+
+
+class Gemma(nn.Module):
+    """The multi-expert transformer (openpi's `gemma.Module`); named `llm` inside PaliGemma.
+
+    `adaptive[i]`: expert i uses adaRMS norms (PI0.5's action expert). `remat`: policy per scanned layer.
+    """
+
+    configs: tuple[GemmaConfig, ...]
+    vocab_size: int
+    adaptive: tuple[bool, ...]
+    dtype: Any = jnp.float32
+    remat: str = "none"
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedder = Embedder(self.vocab_size, self.configs[0].width, self.param_dtype)
+        block = Block
+        policy = remat_policy(self.remat)
+        if policy is not None:
+            block = nn.remat(Block, policy=policy, prevent_cse=False)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.configs[0].depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(self.configs, self.adaptive, self.param_dtype)
+        self.final_norms = [
+            RMSNorm(self.adaptive[i], self.param_dtype, name=expert_name("final_norm", i))
+            for i in range(len(self.configs))
+        ]
+
+    def embed(self, tokens):
+        return self.embedder(tokens, self.dtype)
+
+    def __call__(self, embedded, positions, mask, adarms_cond=None, kv_cache=None):
+        """embedded: per expert (B, T_i, width_i) or None; positions (B, sum T_i); mask (B, sum T_i, S) bool where S
+        adds the cached length; kv_cache: per-layer keys/values (depth, B, S_cache, K, H) from an earlier pass.
+        Returns (per-expert final-normed outputs, (keys, values) of every layer incl. the cache)."""
+        if adarms_cond is None:
+            adarms_cond = [None] * len(self.configs)
+        xs = [None if x is None else x.astype(self.dtype) for x in embedded]
+        xs, kv = self.layers(xs, kv_cache, positions, mask, list(adarms_cond))
+        outs = [None if x is None else self.final_norms[i](x, adarms_cond[i])[0] for i, x in enumerate(xs)]
+        return outs, kv
 
 
 def apply(
@@ -195,89 +375,9 @@ def apply(
     dtype=jnp.float32,
     remat: str | bool = "none",
 ):
-    """Run all layers over the experts' token segments.
-
-    embedded: per expert (B, T_i, width_i) or None; positions (B, sum T_i); mask (B, sum T_i, S) bool where S
-    adds the cached length; kv_cache: per-layer keys/values (depth, B, S_cache, K, H) from an earlier pass.
-    Returns (per-expert final-normed outputs, (keys, values) of every layer incl. the cache).
-    """
+    """`Gemma.apply` over an openpi-named `llm` tree (experts with a `final_norm_i/Dense_0` are adaptive)."""
     configs = tuple(configs)
-    if adarms_cond is None:
-        adarms_cond = [None] * len(configs)
-    xs = [None if x is None else x.astype(dtype) for x in embedded]
-
-    def body(carry, layer):
-        layer_p, layer_cache = layer
-        return _layer(configs, layer_p, carry, positions, mask, adarms_cond, layer_cache)
-
-    if remat_policy(remat) is not None:
-        body = jax.checkpoint(body, policy=remat_policy(remat), prevent_cse=False)
-    xs, kv = jax.lax.scan(body, xs, (params["layers"], kv_cache))
-    outs = [
-        None if x is None else rms_norm(x, params[expert_name("final_norm", i)], adarms_cond[i])[0]
-        for i, x in enumerate(xs)
-    ]
-    return outs, kv
-
-
-def init_gemma(configs: Sequence[GemmaConfig], vocab_size: int, key: jax.Array, adaptive=(), dtype=jnp.float32):
-    """Fresh parameters for the multi-expert transformer; experts listed in `adaptive` get adaRMS norms."""
-    depth = configs[0].depth
-    keys = iter(jax.random.split(key, 8 * len(configs) + 1))
-    lora_keys = iter(jax.random.split(jax.random.fold_in(key, 1), 10 * len(configs)))
-    layers = {"attn": {}}
-    params = {
-        "embedder": {
-            "input_embedding": (
-                jax.random.normal(next(keys), (vocab_size, configs[0].width)) / jnp.sqrt(configs[0].width)
-            ).astype(dtype)
-        },
-        "layers": layers,
-    }
-
-    def norm(i, width, stacked):
-        lead = (depth,) if stacked else ()
-        if i in adaptive:  # openpi zero-initialises adaRMS so a fresh model starts as a plain RMSNorm.
-            return {
-                "Dense_0": {
-                    "kernel": jnp.zeros((*lead, width, 3 * width), dtype),
-                    "bias": jnp.zeros((*lead, 3 * width), dtype),
-                }
-            }
-        return {"scale": jnp.zeros((*lead, width), dtype)}
-
-    for i, cfg in enumerate(configs):
-        d, n, h, k, m = cfg.width, cfg.num_heads, cfg.head_dim, cfg.num_kv_heads, cfg.mlp_dim
-        attn = layers["attn"]
-        attn[expert_name("q_einsum", i)] = {"w": lecun_normal(next(keys), (depth, n, d, h), fan_in=d, dtype=dtype)}
-        attn[expert_name("kv_einsum", i)] = {"w": lecun_normal(next(keys), (depth, 2, k, d, h), fan_in=d, dtype=dtype)}
-        attn[expert_name("attn_vec_einsum", i)] = {
-            "w": lecun_normal(next(keys), (depth, n, h, d), fan_in=n * h, dtype=dtype)
-        }
-        layers[expert_name("mlp", i)] = {
-            "gating_einsum": lecun_normal(next(keys), (depth, 2, d, m), fan_in=d, dtype=dtype),
-            "linear": lecun_normal(next(keys), (depth, m, d), fan_in=m, dtype=dtype),
-        }
-        if cfg.lora_attn is not None:
-            r = cfg.lora_attn.rank
-            for name, a_shape, b_shape in (
-                ("q_einsum", (n, d, r), (n, r, h)),
-                ("kv_einsum", (2, k, d, r), (2, k, r, h)),
-                ("attn_vec_einsum", (n, h, r), (n, r, d)),
-            ):
-                attn[expert_name(name, i)].update(
-                    lora_a=lora_normal(next(lora_keys), (depth, *a_shape), dtype),
-                    lora_b=lora_normal(next(lora_keys), (depth, *b_shape), dtype),
-                )
-        if cfg.lora_ffn is not None:
-            r = cfg.lora_ffn.rank
-            layers[expert_name("mlp", i)].update(
-                gating_einsum_lora_a=lora_normal(next(lora_keys), (depth, 2, d, r), dtype),
-                gating_einsum_lora_b=lora_normal(next(lora_keys), (depth, 2, r, m), dtype),
-                linear_lora_a=lora_normal(next(lora_keys), (depth, m, r), dtype),
-                linear_lora_b=lora_normal(next(lora_keys), (depth, r, d), dtype),
-            )
-        layers[expert_name("pre_attention_norm", i)] = norm(i, d, stacked=True)
-        layers[expert_name("pre_ffw_norm", i)] = norm(i, d, stacked=True)
-        params[expert_name("final_norm", i)] = norm(i, d, stacked=False)
-    return params
+    adaptive = tuple("Dense_0" in params[expert_name("final_norm", i)] for i in range(len(configs)))
+    vocab = params["embedder"]["input_embedding"].shape[0]
+    module = Gemma(configs, vocab, adaptive, dtype, remat if isinstance(remat, str) else ("full" if remat else "none"))
+    return module.apply({"params": params}, embedded, positions, mask, adarms_cond, kv_cache)

@@ -1,9 +1,12 @@
-"""PI0 and PI0.5: PaliGemma prefix + flow-matching action expert, as pure functions over openpi-named params.
+"""PI0 and PI0.5: PaliGemma prefix + flow-matching action expert, over openpi-named params.
 
 Conventions (openpi's): t = 1 is noise and t = 0 is data, x_t = t * noise + (1 - t) * actions, the model
 predicts u = noise - actions, and sampling integrates from t = 1 with dt = -1 / num_steps. The prefix
 (images + prompt) never attends to the suffix (state + actions), so the sampler computes the prefix's keys and
 values once and reuses them for every denoising step.
+
+The model is the Flax module `Pi0` (submodules `PaliGemma/img` = SigLIP, `PaliGemma/llm` = Gemma, and the
+projections); the functions below are thin wrappers over its `apply` on openpi's plain parameter dicts.
 
 Public API (stable): `Observation`, `load_openpi_params`, `predict_velocity`, `compute_loss`, `sample_actions`,
 plus `init_params`, `prefix_kv_cache` / `denoise_step` (hooks for RL) and `sample_noise_and_time`.
@@ -14,14 +17,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hiors_jax.models import gemma, siglip, weights
 from hiors_jax.models.config import GemmaConfig, LoraConfig, Pi0Config, SiglipConfig
-from hiors_jax.models.init import lecun_normal
+from hiors_jax.models.init import dense_specs, param
 
 
 @jax.tree_util.register_dataclass
@@ -184,106 +189,191 @@ def _experts(config: Pi0Config) -> tuple[GemmaConfig, GemmaConfig]:
     return (config.vlm, config.expert)
 
 
+# Logical axes of the action/state/time projections ("mlp" names the hidden side of the time MLPs).
+_PROJECTIONS_PI0 = {
+    "state_proj": ("action", "embed"),
+    "action_in_proj": ("action", "embed"),
+    "action_time_mlp_in": ("mlp", "embed"),  # [action tokens, time embedding] (2 * width) -> width
+    "action_time_mlp_out": ("mlp", "embed"),
+    "action_out_proj": ("embed", "action"),
+}
+_PROJECTIONS_PI05 = {
+    "action_in_proj": ("action", "embed"),
+    "time_mlp_in": ("embed", "mlp"),
+    "time_mlp_out": ("mlp", "embed"),
+    "action_out_proj": ("embed", "action"),
+}
+
+
+class Linear(nn.Module):
+    """openpi's nnx.Linear: kernel (in, out) + bias."""
+
+    n_in: int
+    n_out: int
+    axes: tuple[str, str]
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        specs = dense_specs(self.n_in, self.n_out, *self.axes)
+        return _linear(
+            x, {name: param(self, name, init, shape, axes, self.param_dtype) for name, shape, axes, init in specs}
+        )
+
+
+class PaliGemma(nn.Module):
+    """`PaliGemma`: the SigLIP tower `img` and the multi-expert transformer `llm` (expert 1 = action expert)."""
+
+    config: Pi0Config
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.img = siglip.Siglip(c.vision, c.vlm.width, c.compute_dtype, c.remat, self.param_dtype)
+        self.llm = gemma.Gemma(_experts(c), c.vocab_size, (False, c.pi05), c.compute_dtype, c.remat, self.param_dtype)
+
+
+class Pi0(nn.Module):
+    """PI0 (config.pi05=False) or PI0.5 as one Flax module; parameters are openpi's tree.
+
+    Methods (use with `apply(..., method=Pi0.<name>)`): embed_prefix, embed_suffix, velocity (joint pass),
+    prefix_kv_cache, denoise_step. They assume a prepared observation (see `prepare_observation`).
+    """
+
+    config: Pi0Config
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.PaliGemma = PaliGemma(c, self.param_dtype)
+        w, a = c.expert.width, c.action_dim
+        sizes = {
+            "state_proj": (a, w),
+            "action_in_proj": (a, w),
+            "action_time_mlp_in": (2 * w, w),
+            "action_time_mlp_out": (w, w),
+            "time_mlp_in": (w, w),
+            "time_mlp_out": (w, w),
+            "action_out_proj": (w, a),
+        }
+        axes = _PROJECTIONS_PI05 if c.pi05 else _PROJECTIONS_PI0
+        self.projections = {name: Linear(*sizes[name], axes[name], self.param_dtype, name=name) for name in axes}
+
+    def embed_prefix(self, obs: Observation):
+        """Image tokens of every camera (in config order) then the prompt's embeddings; all bidirectional."""
+        config = self.config
+        batch = obs.state.shape[0]
+        # One SigLIP call over all cameras stacked on the batch axis (same weights, independent images).
+        stacked = jnp.concatenate([obs.images[k] for k in config.image_keys], axis=0)
+        img_tokens = self.PaliGemma.img(stacked)
+        n = config.vision.num_tokens
+        img_tokens = img_tokens.reshape(len(config.image_keys), batch, n, -1)
+        tokens = [img_tokens[i] for i in range(len(config.image_keys))]
+        masks = [jnp.repeat(obs.image_masks[k][:, None], n, axis=1) for k in config.image_keys]
+        tokens.append(self.PaliGemma.llm.embed(obs.tokenized_prompt))
+        masks.append(obs.tokenized_prompt_mask)
+        tokens = jnp.concatenate(tokens, axis=1)
+        input_mask = jnp.concatenate(masks, axis=1)
+        return tokens, input_mask, jnp.zeros((tokens.shape[1],), bool)
+
+    def embed_suffix(self, obs: Observation, x_t, time):
+        """PI0: [state token, action-time MLP tokens]; PI0.5: action tokens plus an adaRMS conditioning vector."""
+        config, proj = self.config, self.projections
+        batch = x_t.shape[0]
+        tokens, ar = [], []
+        if not config.pi05:
+            tokens.append(proj["state_proj"](obs.state)[:, None, :])
+            ar.append(True)
+        action_tokens = proj["action_in_proj"](x_t)
+        time_emb = posemb_sincos(time, config.expert.width)
+        if config.pi05:
+            cond = jax.nn.silu(proj["time_mlp_in"](time_emb))
+            cond = jax.nn.silu(proj["time_mlp_out"](cond))
+            tokens.append(action_tokens)
+        else:
+            time_tokens = jnp.broadcast_to(time_emb[:, None, :], (batch, config.action_horizon, time_emb.shape[-1]))
+            h = proj["action_time_mlp_in"](jnp.concatenate([action_tokens, time_tokens], axis=-1))
+            tokens.append(proj["action_time_mlp_out"](jax.nn.silu(h)))
+            cond = None
+        ar += [True] + [False] * (config.action_horizon - 1)
+        tokens = jnp.concatenate([t.astype(jnp.result_type(*tokens)) for t in tokens], axis=1)
+        return tokens, jnp.ones(tokens.shape[:2], bool), jnp.asarray(ar), cond
+
+    def _velocity_from_suffix(self, suffix_out):
+        return self.projections["action_out_proj"](suffix_out[:, -self.config.action_horizon :])
+
+    def velocity(self, obs: Observation, x_t, time):
+        """v(x_t, t) from one joint prefix + suffix pass."""
+        prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+        suffix_tokens, suffix_mask, suffix_ar, cond = self.embed_suffix(obs, x_t, time)
+        input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
+        ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
+        positions = jnp.cumsum(input_mask, axis=1) - 1
+        (_, suffix_out), _ = self.PaliGemma.llm(
+            [prefix_tokens, suffix_tokens], positions, make_attn_mask(input_mask, ar_mask), [None, cond]
+        )
+        return self._velocity_from_suffix(suffix_out)
+
+    def prefix_kv_cache(self, obs: Observation):
+        prefix_tokens, prefix_mask, prefix_ar = self.embed_prefix(obs)
+        positions = jnp.cumsum(prefix_mask, axis=1) - 1
+        _, kv_cache = self.PaliGemma.llm([prefix_tokens, None], positions, make_attn_mask(prefix_mask, prefix_ar))
+        return kv_cache, prefix_mask
+
+    def denoise_step(self, obs: Observation, kv_cache, prefix_mask, x_t, time):
+        suffix_tokens, suffix_mask, suffix_ar, cond = self.embed_suffix(obs, x_t, time)
+        suffix_len = suffix_tokens.shape[1]
+        batch, prefix_len = prefix_mask.shape
+        prefix_part = jnp.broadcast_to(prefix_mask[:, None, :], (batch, suffix_len, prefix_len))
+        mask = jnp.concatenate([prefix_part, make_attn_mask(suffix_mask, suffix_ar)], axis=-1)
+        positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+        (_, suffix_out), _ = self.PaliGemma.llm([None, suffix_tokens], positions, mask, [None, cond], kv_cache)
+        return self._velocity_from_suffix(suffix_out)
+
+    def create_params(self):
+        """Touch every parameter with minimal dummy inputs (one image, one token per expert) for `init`."""
+        c = self.config
+        size = c.vision.image_size
+        self.PaliGemma.img(jnp.zeros((1, size, size, 3), jnp.float32))
+        self.PaliGemma.llm.embed(jnp.zeros((1, 1), jnp.int32))
+        ones = jnp.ones((1, 2), bool)
+        xs = [jnp.zeros((1, 1, cfg.width), c.compute_dtype) for cfg in _experts(c)]
+        cond = jnp.zeros((1, c.expert.width), c.compute_dtype) if c.pi05 else None
+        self.PaliGemma.llm(xs, jnp.zeros((1, 2), jnp.int32), ones[:, :, None] & ones[:, None, :], [None, cond])
+        for proj in self.projections.values():
+            proj(jnp.zeros((1, proj.n_in), jnp.float32))
+
+
+def _module(config: Pi0Config) -> Pi0:
+    return Pi0(config)
+
+
+def _apply(config: Pi0Config, params: dict, method, *args):
+    return _module(config).apply({"params": params}, *args, method=method)
+
+
 def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     """Image tokens of every camera (in config order) then the prompt's embeddings; all bidirectional."""
-    dtype = config.compute_dtype
-    pg = params["PaliGemma"]
-    batch = obs.state.shape[0]
-    # One SigLIP call over all cameras stacked on the batch axis (same weights, independent images).
-    stacked = jnp.concatenate([obs.images[k] for k in config.image_keys], axis=0)
-    img_tokens = siglip.encode_images(config.vision, pg["img"], stacked, dtype, config.remat)
-    n = config.vision.num_tokens
-    img_tokens = img_tokens.reshape(len(config.image_keys), batch, n, -1)
-    tokens = [img_tokens[i] for i in range(len(config.image_keys))]
-    masks = [jnp.repeat(obs.image_masks[k][:, None], n, axis=1) for k in config.image_keys]
-    tokens.append(gemma.embed_tokens(pg["llm"], obs.tokenized_prompt, dtype))
-    masks.append(obs.tokenized_prompt_mask)
-    tokens = jnp.concatenate(tokens, axis=1)
-    input_mask = jnp.concatenate(masks, axis=1)
-    return tokens, input_mask, jnp.zeros((tokens.shape[1],), bool)
+    return _apply(config, params, Pi0.embed_prefix, obs)
 
 
 def embed_suffix(config: Pi0Config, params: dict, obs: Observation, x_t, time):
     """PI0: [state token, action-time MLP tokens]; PI0.5: action tokens plus an adaRMS conditioning vector."""
-    batch = x_t.shape[0]
-    tokens, ar = [], []
-    if not config.pi05:
-        tokens.append(_linear(obs.state, params["state_proj"])[:, None, :])
-        ar.append(True)
-    action_tokens = _linear(x_t, params["action_in_proj"])
-    time_emb = posemb_sincos(time, config.expert.width)
-    if config.pi05:
-        cond = jax.nn.silu(_linear(time_emb, params["time_mlp_in"]))
-        cond = jax.nn.silu(_linear(cond, params["time_mlp_out"]))
-        tokens.append(action_tokens)
-    else:
-        time_tokens = jnp.broadcast_to(time_emb[:, None, :], (batch, config.action_horizon, time_emb.shape[-1]))
-        h = _linear(jnp.concatenate([action_tokens, time_tokens], axis=-1), params["action_time_mlp_in"])
-        tokens.append(_linear(jax.nn.silu(h), params["action_time_mlp_out"]))
-        cond = None
-    ar += [True] + [False] * (config.action_horizon - 1)
-    tokens = jnp.concatenate([t.astype(jnp.result_type(*tokens)) for t in tokens], axis=1)
-    return tokens, jnp.ones(tokens.shape[:2], bool), jnp.asarray(ar), cond
-
-
-def _velocity_from_suffix(config: Pi0Config, params: dict, suffix_out):
-    return _linear(suffix_out[:, -config.action_horizon :], params["action_out_proj"])
+    return _apply(config, params, Pi0.embed_suffix, obs, x_t, time)
 
 
 def _joint_velocity(config: Pi0Config, params: dict, obs: Observation, x_t, time):
-    prefix_tokens, prefix_mask, prefix_ar = embed_prefix(config, params, obs)
-    suffix_tokens, suffix_mask, suffix_ar, cond = embed_suffix(config, params, obs, x_t, time)
-    input_mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
-    ar_mask = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
-    positions = jnp.cumsum(input_mask, axis=1) - 1
-    (_, suffix_out), _ = gemma.apply(
-        _experts(config),
-        params["PaliGemma"]["llm"],
-        [prefix_tokens, suffix_tokens],
-        positions,
-        make_attn_mask(input_mask, ar_mask),
-        adarms_cond=[None, cond],
-        dtype=config.compute_dtype,
-        remat=config.remat,
-    )
-    return _velocity_from_suffix(config, params, suffix_out)
+    return _apply(config, params, Pi0.velocity, obs, x_t, time)
 
 
 def prefix_kv_cache(config: Pi0Config, params: dict, obs: Observation):
     """Keys/values of every layer over the prefix, (depth, B, P, K, H) each, and the prefix validity mask."""
-    prefix_tokens, prefix_mask, prefix_ar = embed_prefix(config, params, obs)
-    positions = jnp.cumsum(prefix_mask, axis=1) - 1
-    _, kv_cache = gemma.apply(
-        _experts(config),
-        params["PaliGemma"]["llm"],
-        [prefix_tokens, None],
-        positions,
-        make_attn_mask(prefix_mask, prefix_ar),
-        dtype=config.compute_dtype,
-        remat=config.remat,
-    )
-    return kv_cache, prefix_mask
+    return _apply(config, params, Pi0.prefix_kv_cache, obs)
 
 
 def denoise_step(config: Pi0Config, params: dict, obs: Observation, kv_cache, prefix_mask, x_t, time):
     """Velocity at (x_t, time) for the suffix only, attending to a cached prefix (which it never updates)."""
-    suffix_tokens, suffix_mask, suffix_ar, cond = embed_suffix(config, params, obs, x_t, time)
-    suffix_len = suffix_tokens.shape[1]
-    prefix_part = jnp.broadcast_to(prefix_mask[:, None, :], (prefix_mask.shape[0], suffix_len, prefix_mask.shape[1]))
-    mask = jnp.concatenate([prefix_part, make_attn_mask(suffix_mask, suffix_ar)], axis=-1)
-    positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
-    (_, suffix_out), _ = gemma.apply(
-        _experts(config),
-        params["PaliGemma"]["llm"],
-        [None, suffix_tokens],
-        positions,
-        mask,
-        adarms_cond=[None, cond],
-        kv_cache=kv_cache,
-        dtype=config.compute_dtype,
-        remat=config.remat,
-    )
-    return _velocity_from_suffix(config, params, suffix_out)
+    return _apply(config, params, Pi0.denoise_step, obs, kv_cache, prefix_mask, x_t, time)
 
 
 def _sample(config: Pi0Config, params: dict, obs: Observation, noise, num_steps: int, return_trajectory: bool):
@@ -374,30 +464,15 @@ def sample_noise_and_time(rng: jax.Array, shape: tuple[int, ...]):
 # Parameters.
 
 
+def init_boxed(config: Pi0Config, key: jax.Array) -> dict:
+    """`Pi0.init` params with their flax `Partitioned` boxes (logical axis names); see `init_params`."""
+    return _module(config).init({"params": key}, method=Pi0.create_params)["params"]
+
+
 def init_params(config: Pi0Config, key: jax.Array, dtype=jnp.float32) -> dict:
     """Fresh parameters in openpi's exact tree (use with jax.eval_shape for shapes without memory)."""
-    k_img, k_llm, k_proj = jax.random.split(key, 3)
-    pg = {
-        "img": siglip.init_siglip(config.vision, config.vlm.width, k_img, dtype),
-        "llm": gemma.init_gemma(
-            _experts(config), config.vocab_size, k_llm, adaptive=(1,) if config.pi05 else (), dtype=dtype
-        ),
-    }
-    w, a = config.expert.width, config.action_dim
-    keys = iter(jax.random.split(k_proj, 8))
-
-    def linear(n_in, n_out):
-        return {
-            "kernel": lecun_normal(next(keys), (n_in, n_out), fan_in=n_in, dtype=dtype),
-            "bias": jnp.zeros((n_out,), dtype),
-        }
-
-    params = {"PaliGemma": pg, "action_in_proj": linear(a, w), "action_out_proj": linear(w, a)}
-    if config.pi05:
-        params.update(time_mlp_in=linear(w, w), time_mlp_out=linear(w, w))
-    else:
-        params.update(state_proj=linear(a, w), action_time_mlp_in=linear(2 * w, w), action_time_mlp_out=linear(w, w))
-    return params
+    params = nn.meta.unbox(init_boxed(config, key))
+    return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
 def param_shapes(config: Pi0Config) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -44,126 +45,18 @@ DEFAULT_RULES: dict[str, str | None] = {
 # openpi shards only arrays of at least 4 MiB (training/sharding.py); smaller ones cost more to gather than to keep.
 MIN_SHARD_BYTES = 4 * 2**20
 
-_SIGLIP_AXES = {
-    "embedding/kernel": ("patch", "patch", "patch", "vision_embed"),
-    "embedding/bias": ("vision_embed",),
-    "pos_embedding": ("position", "position", "vision_embed"),
-    "Transformer/encoder_norm/scale": ("norm",),
-    "Transformer/encoder_norm/bias": ("norm",),
-    "head/kernel": ("vision_embed", "embed"),
-    "head/bias": ("embed",),
-}
-_SIGLIP_BLOCK_AXES = {
-    "LayerNorm_0/scale": ("norm",),
-    "LayerNorm_0/bias": ("norm",),
-    "LayerNorm_1/scale": ("norm",),
-    "LayerNorm_1/bias": ("norm",),
-    "MlpBlock_0/Dense_0/kernel": ("vision_embed", "mlp"),
-    "MlpBlock_0/Dense_0/bias": ("mlp",),
-    "MlpBlock_0/Dense_1/kernel": ("mlp", "vision_embed"),
-    "MlpBlock_0/Dense_1/bias": ("vision_embed",),
-    "MultiHeadDotProductAttention_0/query/kernel": ("vision_embed", "heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/key/kernel": ("vision_embed", "heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/value/kernel": ("vision_embed", "heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/query/bias": ("heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/key/bias": ("heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/value/bias": ("heads", "head_dim"),
-    "MultiHeadDotProductAttention_0/out/kernel": ("heads", "head_dim", "vision_embed"),
-    "MultiHeadDotProductAttention_0/out/bias": ("vision_embed",),
-}
-# Gemma layer leaves per expert (the `_i` suffix stripped); LoRA factors replace one weight axis by the rank.
-_GEMMA_LAYER_AXES = {
-    "attn/q_einsum/w": ("heads", "embed", "head_dim"),
-    "attn/q_einsum/lora_a": ("heads", "embed", "lora"),
-    "attn/q_einsum/lora_b": ("heads", "lora", "head_dim"),
-    "attn/kv_einsum/w": ("kv", "kv_heads", "embed", "head_dim"),
-    "attn/kv_einsum/lora_a": ("kv", "kv_heads", "embed", "lora"),
-    "attn/kv_einsum/lora_b": ("kv", "kv_heads", "lora", "head_dim"),
-    "attn/attn_vec_einsum/w": ("heads", "head_dim", "embed"),
-    "attn/attn_vec_einsum/lora_a": ("heads", "head_dim", "lora"),
-    "attn/attn_vec_einsum/lora_b": ("heads", "lora", "embed"),
-    "mlp/gating_einsum": ("gate_up", "embed", "mlp"),
-    "mlp/gating_einsum_lora_a": ("gate_up", "embed", "lora"),
-    "mlp/gating_einsum_lora_b": ("gate_up", "lora", "mlp"),
-    "mlp/linear": ("mlp", "embed"),
-    "mlp/linear_lora_a": ("mlp", "lora"),
-    "mlp/linear_lora_b": ("lora", "embed"),
-}
-_NORM_AXES = {
-    "scale": ("norm",),
-    "Dense_0/kernel": ("embed", "adarms"),
-    "Dense_0/bias": ("adarms",),
-}
-_PROJECTION_AXES = {
-    "action_in_proj": ("action", "embed"),
-    "action_out_proj": ("embed", "action"),
-    "state_proj": ("action", "embed"),
-    # The time MLPs: "mlp" names their hidden side, as in the transformer's MLPs.
-    "action_time_mlp_in": ("mlp", "embed"),  # [action tokens, time embedding] (2 * width) -> width
-    "action_time_mlp_out": ("mlp", "embed"),
-    "time_mlp_in": ("embed", "mlp"),
-    "time_mlp_out": ("mlp", "embed"),
-}
-
-
-def _strip_expert_suffix(name: str) -> str:
-    head, _, tail = name.rpartition("_")
-    return head if head and tail.isdigit() else name
-
-
-def _leaf_axes(path: str, ndim: int) -> tuple[str, ...]:
-    """Logical names of one leaf of openpi's pure-dict tree, from its '/'-joined path."""
-    parts = path.split("/")
-    if parts[:2] == ["PaliGemma", "img"]:
-        rest = "/".join(parts[2:])
-        if rest.startswith("Transformer/encoderblock/"):
-            return ("layers", *_SIGLIP_BLOCK_AXES[rest[len("Transformer/encoderblock/") :]])
-        return _SIGLIP_AXES[rest]
-    if parts[:2] == ["PaliGemma", "llm"]:
-        rest = parts[2:]
-        if rest == ["embedder", "input_embedding"]:
-            return ("vocab", "embed")
-        if rest[0] == "layers":
-            module = _strip_expert_suffix(rest[2] if rest[1] == "attn" else rest[1])
-            if rest[1] == "attn":
-                return ("layers", *_GEMMA_LAYER_AXES["/".join(["attn", module, *rest[3:]])])
-            if module == "mlp":
-                return ("layers", *_GEMMA_LAYER_AXES["/".join(["mlp", *rest[2:]])])
-            return ("layers", *_NORM_AXES["/".join(rest[2:])])  # pre_attention_norm*, pre_ffw_norm*
-        return _NORM_AXES["/".join(rest[1:])]  # final_norm*
-    name, leaf = parts[0], parts[-1]
-    if len(parts) == 2 and name in _PROJECTION_AXES:
-        return _PROJECTION_AXES[name] if leaf == "kernel" else _PROJECTION_AXES[name][-1:]
-    raise KeyError(path)
-
-
-def logical_axes_of(params: Mapping) -> dict:
-    """Logical axis names of every leaf of a PI0 / PI0.5 tree (arrays or ShapeDtypeStructs), same structure."""
-
-    def visit(node, prefix):
-        out = {}
-        for key, value in node.items():
-            path = f"{prefix}/{key}" if prefix else key
-            if isinstance(value, Mapping):
-                out[key] = visit(value, path)
-                continue
-            try:
-                axes = _leaf_axes(path, len(value.shape))
-            except KeyError:
-                raise ValueError(f"no logical axis names for parameter {path!r}: not a PI0/PI0.5 leaf") from None
-            if len(axes) != len(value.shape):
-                raise ValueError(f"parameter {path!r} has shape {tuple(value.shape)} but logical axes {axes}")
-            out[key] = axes
-        return out
-
-    return visit(params, "")
-
 
 def param_logical_axes(config: Pi0Config) -> dict:
-    """Tuples of logical axis names, with the exact structure of `pi0.init_params(config, key)`."""
+    """Tuples of logical axis names, with the exact structure of `pi0.init_params(config, key)`.
+
+    Read from the modules' own annotations (`nn.with_logical_partitioning`, `layers` added by `nn.scan`), shapes
+    only: nothing is allocated.
+    """
     from hiors_jax.models import pi0
 
-    return logical_axes_of(pi0.param_shapes(config))
+    boxed = jax.eval_shape(lambda: pi0.init_boxed(config, jax.random.key(0)))
+    specs = nn.get_partition_spec(boxed)
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def _is_axes(x) -> bool:
@@ -205,8 +98,13 @@ def shardings_for(
     min_shard_bytes: int = MIN_SHARD_BYTES,
     logical_axes: Mapping | None = None,
 ) -> dict:
-    """NamedSharding tree for a PI0 / PI0.5 tree of arrays or ShapeDtypeStructs (e.g. loaded params)."""
-    axes_tree = logical_axes_of(params) if logical_axes is None else logical_axes
+    """NamedSharding tree for a PI0 / PI0.5 tree of arrays or ShapeDtypeStructs (e.g. loaded params, whose dtype
+    sets the byte size); its config is inferred from the shapes unless `logical_axes` are given."""
+    if logical_axes is None:
+        from hiors_jax.models import pi0
+
+        logical_axes = param_logical_axes(pi0.infer_config(params))
+    axes_tree = logical_axes
 
     def one(axes, leaf):
         itemsize = np.dtype(leaf.dtype).itemsize
