@@ -154,7 +154,8 @@ class Publisher:
 class Learner:
     """Runs `agent` from `state` (or the latest checkpoint under workdir/checkpoints) to `cfg.max_steps`.
 
-    batches: iterator of (Batch, metrics dict) holding batch_size * agent.batch_multiple samples.
+    batches: iterator of (Batch, metrics dict) holding batch_size * agent.batch_multiple samples; it is first
+    advanced in `run()`, after the initial params were published (so it may wait for the actors' first data).
     server: a TrainerServer (publish + persist marks); replay_persist(marks) -> replay position (JSON) and
     replay_stats() -> dict: optional hooks into the replay store. param_rules: mesh rules per network.
     """
@@ -198,6 +199,8 @@ class Learner:
             f"{workdir}/tensorboard", progress_total=cfg.max_steps, initial_step=int(state.step)
         )
         self.publisher = Publisher(server, cfg.publish_dtype) if server is not None else None
+        if self.publisher is not None:  # actors need a policy before they can collect the first data
+            self.publisher.submit(int(state.step), agent.policy_params(state))
         self.timer = StepTimer()
 
     def _save(self, step: int) -> None:
@@ -205,14 +208,14 @@ class Learner:
         self.checkpointer.save(step, self.state, {"algorithm": self.cfg.algorithm}, persist=persist,
                                replay_persist=self.replay_persist)  # fmt: skip
 
-    def run(self) -> TrainState:
+    def run(self, stop: threading.Event | None = None) -> TrainState:
+        """Train to max_steps, or until `stop` is set (then a final checkpoint is saved, marks persisted)."""
         cfg = self.cfg
         step = int(self.state.step)
-        if self.publisher is not None:
-            self.publisher.submit(step, self.agent.policy_params(self.state))
         samples = cfg.batch_size * self.agent.batch_multiple
+        saved = step
         try:
-            while step < cfg.max_steps:
+            while step < cfg.max_steps and not (stop is not None and stop.is_set()):
                 t0 = time.perf_counter()
                 batch, batch_metrics = next(self.batches)
                 batch = self.sharded.shard_batch(batch)
@@ -233,6 +236,9 @@ class Learner:
                     self.publisher.submit(step, self.agent.policy_params(self.state))
                 if self.checkpointer.due(step) or step == cfg.max_steps:
                     self._save(step)
+                    saved = step
+            if step < cfg.max_steps and step != saved:  # stopped early: keep what was trained
+                self._save(step)
             self.checkpointer.wait()
             return self.state
         finally:
