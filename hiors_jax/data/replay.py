@@ -536,7 +536,10 @@ class ReplayStore:
     window_dir: where the window memmaps live (default root/window; their files are unlinked once mapped);
     spill_open / fsync_open: transitions of open episodes are appended (fsync'ed) to `root/open/` before
     `insert` returns, so nothing `insert` accepted is lost in a crash: the next start reopens those
-    episodes, and commits the ones that had ended.
+    episodes, and commits the ones that had ended; finalize_every: an ended episode is saved at once (atomic
+    and durable: the LeRobot writer's journal), and the saved episodes are published into the dataset
+    directories every `finalize_every` episodes and at `flush()` / `close()` (a publish re-reads the
+    dataset's metadata, so publishing every episode costs time that grows with the dataset).
 
     The sending actor's episode ids must increase; a new id while its previous episode is open commits that
     one as truncated (the actor restarted). Thread-safe: `insert` may run on the transport's thread while
@@ -560,6 +563,7 @@ class ReplayStore:
         image_stats_frames: int = 32,
         spill_open: bool = True,
         fsync_open: bool = True,
+        finalize_every: int = 10,
     ):
         self.root = pathlib.Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -569,6 +573,11 @@ class ReplayStore:
         # PI0 does not use image stats, and quantiles over many frames dominated the commit time)
         self.image_stats_frames = int(image_stats_frames)
         self.spill_open, self.fsync_open = spill_open, fsync_open
+        if finalize_every < 1:
+            raise ValueError(f"replay.finalize_every must be >= 1, got {finalize_every}")
+        self.finalize_every = int(finalize_every)
+        self._writers: dict[pathlib.Path, LeRobotDatasetWriter] = {}
+        self._unpublished: dict[pathlib.Path, int] = {}
         self.acceptance = acceptance or AcceptanceConfig()
         self.window_frames, self.image_size, self.horizon = int(window_frames), tuple(image_size), int(horizon)
         self.target_dims = None if target_dims is None else tuple(int(d) for d in target_dims)
@@ -602,7 +611,8 @@ class ReplayStore:
 
     @property
     def online_frames(self) -> int:
-        return max(_total_frames(self.online_root), 0)
+        writer = self._writers.get(self.online_root)
+        return writer.total_frames if writer is not None else max(_total_frames(self.online_root), 0)
 
     def window(self, source: str) -> FrameWindow:
         if source not in ("online", "accepted"):
@@ -723,7 +733,7 @@ class ReplayStore:
         ts = episode.transitions
         cols = _stack_transitions(ts)
         label = next((t["label"] for t in reversed(ts) if t["label"] is not None), None)
-        online_episode = max(_total_episodes(self.online_root), 0)
+        online_episode = self._episodes(self.online_root)
         actor_index = self._actor_index(actor)
         cols["actor_index"] = np.full(len(ts), actor_index, np.int64)
         frames = [_online_frame(t, actor_index, label) for t in ts]
@@ -823,23 +833,58 @@ class ReplayStore:
         )
 
     def _write(self, root: pathlib.Path, features: dict, frames: list[dict], prompts: list[str]) -> None:
-        writer = LeRobotDatasetWriter(
-            root,
-            self.fps,
-            features,
-            use_videos=self.use_videos,
-            vcodec=self.vcodec,
-            append=root.exists(),
-            image_stats_frames=self.image_stats_frames,
-        )
+        """Save one episode to `root` through the store's open writer for it: durable and atomic once
+        `save_episode` returns (its fsync'ed journal line; a crash later is rolled forward at the next start).
+        The writer publishes its saved episodes into `root` every `finalize_every` episodes and at `flush()`."""
+        writer = self._writers.get(root)
+        if writer is None:
+            writer = self._writers[root] = LeRobotDatasetWriter(
+                root,
+                self.fps,
+                features,
+                use_videos=self.use_videos,
+                vcodec=self.vcodec,
+                append=root.exists(),
+                image_stats_frames=self.image_stats_frames,
+            )
+            self._unpublished[root] = 0
         try:
             for frame, prompt in zip(frames, prompts, strict=True):
                 writer.add_frame(frame, task=prompt)
             writer.save_episode()
         except BaseException:
-            writer.abort()
+            writer.clear_episode_buffer()  # only this episode's frames: the saved ones stay
             raise
-        writer.finalize()
+        self._unpublished[root] += 1
+        if self._unpublished[root] >= self.finalize_every:
+            self._publish(root)
+
+    def _publish(self, root: pathlib.Path) -> None:
+        writer = self._writers.pop(root, None)
+        if writer is not None:
+            writer.finalize()
+        self._unpublished[root] = 0
+
+    def _episodes(self, root: pathlib.Path) -> int:
+        """Episodes saved to `root`, published or not."""
+        writer = self._writers.get(root)
+        return writer.total_episodes if writer is not None else max(_total_episodes(root), 0)
+
+    def flush(self) -> None:
+        """Publish every saved episode into `online/` and `accepted/` (readable by lerobot tools)."""
+        with self._lock:
+            for root in list(self._writers):
+                self._publish(root)
+
+    def close(self) -> None:
+        """Publish what was saved and release the datasets (open episodes stay in their spill files)."""
+        self.flush()
+
+    def __enter__(self) -> ReplayStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---------------------------------------------------------------- start-up
     def _make_windows(self) -> None:
@@ -881,8 +926,10 @@ class ReplayStore:
         # Episodes of online/ that were never decided (a crash between the online/ and accepted/ commits) are
         # decided now (deterministic) and the accepted ones written; the newest episodes refill the window.
         start = self._window_start_episode(n_online)
-        for episode in range(min(start, decided), n_online):
-            cols, prompts, label = self._load_online_episode(episode)
+        first = min(start, decided)
+        dataset = LeRobotDataset(self.online_root, episodes=list(range(first, n_online))) if first < n_online else None
+        for episode in range(first, n_online):
+            cols, prompts, label = self._load_online_episode(dataset, episode)
             decision = self._decide(cols, label)
             if episode >= decided:
                 self.counters.add(decision)
@@ -891,6 +938,8 @@ class ReplayStore:
                     self.recovery_log.append(f"accepted: derived online episode {episode} after a restart")
             if episode >= start:
                 self._append_online_window(cols, prompts, decision)
+        if dataset is not None:
+            dataset.close()
         self._write_progress(n_online)
 
     def _read_progress(self) -> int:
@@ -912,13 +961,9 @@ class ReplayStore:
         covered = np.cumsum(lengths[::-1])
         return max(int(n_online - 1 - np.searchsorted(covered, self.window_frames)), 0)
 
-    def _load_online_episode(self, episode: int) -> tuple[dict[str, Any], list[str], Any]:
-        ds = LeRobotDataset(self.online_root, episodes=[episode])
-        try:
-            start, stop = ds.episode_bounds(int(ds.episode_positions[0]))
-            b = ds.get_batch(np.arange(start, stop))
-        finally:
-            ds.close()
+    def _load_online_episode(self, ds: LeRobotDataset, episode: int) -> tuple[dict[str, Any], list[str], Any]:
+        start, stop = ds.episode_bounds(int(np.searchsorted(ds.meta.episodes.episode_index, episode)))
+        b = ds.get_batch(np.arange(start, stop))
         cols = _columns_from_online_batch(b, self.spec)
         codes = b[_CI + "label"].reshape(-1)
         label = LABEL_NAMES.get(int(codes[codes >= 0][-1])) if np.any(codes >= 0) else None

@@ -10,8 +10,8 @@ from hiors_jax.data.replay import ReplayStore
 from tests.data.replay_helpers import make_episode
 
 
-def main(root: str, episodes: int) -> None:
-    store = ReplayStore(root, fps=10, window_frames=200, image_size=(24, 32), horizon=10, use_videos=True)
+def main(root: str, episodes: int, finalize_every: int) -> None:
+    store = ReplayStore(root, fps=10, window_frames=200, image_size=(24, 32), horizon=10, finalize_every=finalize_every)
     first = store._last_episode.get("actor-0", -1) + 1
     print(f"started {first}", flush=True)
     rng = np.random.default_rng(first)
@@ -22,7 +22,8 @@ def main(root: str, episodes: int) -> None:
         print(f"committing {e}", flush=True)
         store.insert(ep[-1])  # the last transition commits the episode
         print(f"committed {e}", flush=True)
+    store.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

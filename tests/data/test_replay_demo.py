@@ -39,6 +39,7 @@ def test_accepted_dataset_reused_as_demos(tmp_path):
     for e in range(2):
         for t in make_episode(rng, 4, success=True, episode_id=e):
             s.insert(t)
+    s.close()  # publish the saved episodes
     demo = window_from_dataset(
         tmp_path / "run1" / "accepted", tmp_path / "w", horizon=10, image_size=(24, 32), weight=1.0
     )

@@ -19,6 +19,7 @@ HORIZON = 10
 
 def store(root, **kw):
     kw.setdefault("use_videos", False)  # PNG frames: lossless, so images must round-trip exactly
+    kw.setdefault("finalize_every", 1)  # every episode published at once, so the tests can read it
     return ReplayStore(
         root, fps=10, window_frames=kw.pop("window_frames", 100), image_size=(24, 32), horizon=HORIZON, **kw
     )
@@ -90,6 +91,7 @@ def test_written_read_back_and_sampled_are_the_same(tmp_path):
     np.testing.assert_array_equal(got["next_state"][:-1], got["state"][1:])
 
     # a restart refills both windows from disk with the same arrays
+    s.close()
     s2 = store(tmp_path)
     for name in ("online", "accepted"):
         a, b = s.window(name), s2.window(name)
@@ -267,3 +269,26 @@ def test_open_episodes_survive_a_restart(tmp_path, monkeypatch):
     s4 = store(tmp_path)
     assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 3 and s4.open_transitions == 0
     assert any("open episode 4" in line for line in s4.recovery_log)
+
+
+def test_saved_episodes_published_in_batches_and_after_a_crash(tmp_path):
+    """With finalize_every > 1 an ended episode is saved (journaled) at once and published later; a store that
+    dies before publishing loses none of them: the next start publishes them."""
+    rng = np.random.default_rng(7)
+    s = store(tmp_path, finalize_every=3)
+    for e in range(4):
+        for t in make_episode(rng, 3, success=True, episode_id=e):
+            s.insert(t)
+    assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 3  # published after the third
+    assert s.online_frames == 12 and len(s.window("online")) == 12
+    del s  # "crash": episode 3 is saved in the writer's journal, not published
+    s2 = store(tmp_path, finalize_every=3)
+    assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 4
+    assert LeRobotDataset(tmp_path / "accepted").meta.total_episodes == 4
+    assert len(s2.window("online")) == 12
+    with pytest.raises(TransitionError, match="already committed"):
+        s2.insert(make_transition(rng, episode_id=3))
+    for t in make_episode(rng, 3, success=True, episode_id=4):
+        s2.insert(t)
+    s2.close()
+    assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 5
