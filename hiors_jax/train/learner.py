@@ -218,6 +218,7 @@ class Learner:
             while step < cfg.max_steps and not (stop is not None and stop.is_set()):
                 t0 = time.perf_counter()
                 batch, batch_metrics = next(self.batches)
+                _check_batch(batch, samples)
                 batch = self.sharded.shard_batch(batch)
                 t1 = time.perf_counter()
                 update = self.sharded.step
@@ -264,6 +265,15 @@ class Learner:
             if self.publisher is not None:
                 self.publisher.close()
             self.metrics.close()
+
+
+def _check_batch(batch, samples: int) -> None:
+    got = jax.tree.leaves(batch)[0].shape[0]
+    if got != samples:
+        raise ValueError(
+            f"the batch source gave {got} samples; this learner needs learner.batch_size x the agent's batches per "
+            f"update = {samples} (set pipeline.batch_size to match)"
+        )
 
 
 def replay_hooks(store) -> tuple[Callable[[list], dict], Callable[[], dict]]:

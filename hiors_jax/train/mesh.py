@@ -105,13 +105,14 @@ def state_shardings(agent: Agent, state_shapes: TrainState, mesh: Mesh, param_ru
     params = {name: params_sharding(name, shapes) for name, shapes in state_shapes.params.items()}
     opt_state = {}
     for name, network in agent.networks.items():
+        # Frozen leaves have no optimizer state (MaskedNode placeholders), which stay as they are.
         opt_state[name] = optax.tree_map_params(
             network.tx,
-            lambda _, sharding: sharding,
+            lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
             state_shapes.opt_state[name],
             params[name],
             transform_non_params=lambda _: rep,
-            is_leaf=lambda x: isinstance(x, NamedSharding),
+            is_leaf=lambda x: isinstance(x, NamedSharding | optax.MaskedNode),
         )
     follows = {"reference_actor": "actor", "target_critic": "critic"}
     extra = {
@@ -174,7 +175,8 @@ class ShardedUpdate:
         return self._jitted[name]
 
     def place(self, state: TrainState) -> TrainState:
-        return jax.device_put(state, self.state_sharding)
+        """A copy of `state` on the mesh: the update donates its input, so the caller's arrays stay valid."""
+        return jax.device_put(state, self.state_sharding, may_alias=False)
 
     def abstract_state(self, state_shapes: TrainState) -> TrainState:
         """ShapeDtypeStructs carrying the shardings: a checkpoint restore target that restores in place."""

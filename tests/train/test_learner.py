@@ -28,10 +28,11 @@ def batches(model, n=2):
 
 def test_learner_trains_publishes_checkpoints_and_resumes(model, tmp_path, free_ports):
     cfg = learner_lib.LearnerConfig(
-        max_steps=6, batch_size=2, publish_every=3, checkpoint_every=3, log_every=2, mesh_data=1
-    )
+        max_steps=6, batch_size=2, publish_every=3, checkpoint_every=3, log_every=2, mesh_data=1,
+        freeze=("PaliGemma/img/.*",),
+    )  # fmt: skip
     params = tiny_params(model)
-    agent = learner_lib.make_agent(cfg, model, AGENT, True)
+    agent = learner_lib.make_agent(cfg, model, AGENT, learner_lib.trainable_mask(params, cfg.freeze))
     config = TrainerConfig(*free_ports)
     server = TrainerServer(config, ack="persist")
     server.start(threaded=True)
@@ -53,6 +54,9 @@ def test_learner_trains_publishes_checkpoints_and_resumes(model, tmp_path, free_
     expected = jax.device_get(jax.tree.map(lambda x: x.astype(jnp.bfloat16), agent.policy_params(final)))
     assert tree_equal(jax.tree.map(np.asarray, received), expected)
     assert learner.checkpointer.all_steps() == [3, 6]
+    assert tree_equal(
+        jax.device_get(final.params["actor"]["PaliGemma"]["img"]), jax.device_get(params["PaliGemma"]["img"])
+    )
     scalars = read_scalars(tmp_path / "tensorboard")
     assert {"training/loss", "training/lr", "training/grad_norm", "timer/wait_fraction", "batch/accepted"} <= set(
         scalars
@@ -91,3 +95,5 @@ def test_bad_config_fails_at_start_up_naming_the_field(model, tmp_path):
     agent = learner_lib.make_agent(cfg, model, {"optimizer": {"schedule": "constant"}}, True)
     with pytest.raises(ValueError, match="learner.batch_size=12 must be a positive multiple"):
         learner_lib.Learner(cfg, agent, None, iter(()), workdir=tmp_path, mesh=fake_mesh)
+    with pytest.raises(ValueError, match=r"gave 2 samples; .* = 12"):
+        learner_lib._check_batch(random_batch(model, batch=2), 12)
