@@ -538,8 +538,10 @@ class ReplayStore:
     `insert` returns, so nothing `insert` accepted is lost in a crash: the next start reopens those
     episodes, and commits the ones that had ended; finalize_every: an ended episode is saved at once (atomic
     and durable: the LeRobot writer's journal), and the saved episodes are published into the dataset
-    directories every `finalize_every` episodes and at `flush()` / `close()` (a publish re-reads the
-    dataset's metadata, so publishing every episode costs time that grows with the dataset).
+    directories every `finalize_every` episodes (default 1: each episode is in the dataset directory when its
+    last `insert` returns) and at `flush()` / `close()`. A publish re-reads the dataset's episode metadata, so
+    its time grows with the dataset (about 1 s per dataset at 120 episodes here); with finalize_every=10 it
+    is paid once per 10 episodes (call `close()` at the end; a crash before is rolled forward at start).
 
     The sending actor's episode ids must increase; a new id while its previous episode is open commits that
     one as truncated (the actor restarted). Thread-safe: `insert` may run on the transport's thread while
@@ -563,7 +565,7 @@ class ReplayStore:
         image_stats_frames: int = 32,
         spill_open: bool = True,
         fsync_open: bool = True,
-        finalize_every: int = 10,
+        finalize_every: int = 1,
     ):
         self.root = pathlib.Path(root)
         self.root.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ HORIZON = 10
 
 def store(root, **kw):
     kw.setdefault("use_videos", False)  # PNG frames: lossless, so images must round-trip exactly
-    kw.setdefault("finalize_every", 1)  # every episode published at once, so the tests can read it
     return ReplayStore(
         root, fps=10, window_frames=kw.pop("window_frames", 100), image_size=(24, 32), horizon=HORIZON, **kw
     )
