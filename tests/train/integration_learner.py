@@ -23,14 +23,14 @@ from hiors_jax.models.tokenizer import PaligemmaTokenizer, train_tiny_tokenizer
 from hiors_jax.train import learner as learner_lib
 from hiors_jax.transport import TrainerConfig, TrainerServer
 
-PROMPTS = ["pick up the cube", "fold the towel", "put the objects in the box", "pick up the cup"]
+PROMPTS = ["raise the left hand to the green ball", "pick up the cube", "fold the towel", "put the objects in the box"]
 
 
 def main(workdir: pathlib.Path, port: int, bport: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    model = tiny_config(action_horizon=10)
+    model = tiny_config(action_horizon=10, max_token_len=48)
     replay = ReplayStore(workdir / "replay", window_frames=500, image_size=(56, 56), horizon=10, use_videos=False)
     server = TrainerServer(TrainerConfig(port, bport, ["send-stats"]), ack="persist")
     server.register_data_store("actor_env", replay)
@@ -65,6 +65,7 @@ def main(workdir: pathlib.Path, port: int, bport: int) -> None:
         for loader in loaders:
             loader.close()
         server.stop()
+        replay.close()  # publish the saved episodes into the LeRobot datasets
 
 
 if __name__ == "__main__":
