@@ -170,13 +170,13 @@ def test_remat_policies_give_the_same_loss_and_grads():
     chunk = np.random.default_rng(6).normal(size=(2, 4, 32)).astype(np.float32)
     time = np.array([0.3, 0.7], np.float32)
     results = {}
-    for policy in model_config.REMAT_POLICIES:
+    for policy in ("none", "dots"):  # "full" vs "none": test_pi0_properties.test_remat_and_bf16_compute
         cfg = config.replace(remat=policy)
         results[policy] = jax.value_and_grad(lambda p, c=cfg: pi0.compute_loss(c, p, obs, chunk, chunk, time).mean())(
             params
         )
     base_loss, base_grads = results["none"]
-    for policy in ("dots", "full"):
+    for policy in ("dots",):
         loss, grads = results[policy]
         np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads), strict=True):
