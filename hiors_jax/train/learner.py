@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from hiors_jax.agents import hiors, sac, sft
 from hiors_jax.agents.base import ALGORITHMS, Agent
 from hiors_jax.agents.train_state import TrainState, config_from_dict
-from hiors_jax.models import weights
+from hiors_jax.models import sharding, trainable, weights
 from hiors_jax.models.config import Pi0Config
 from hiors_jax.train import mesh as mesh_lib
 from hiors_jax.train.checkpoints import Checkpointer, PersistDeferred
@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
     """algorithm: hiors | sft | sac. batch_size: samples per model batch (global, over all devices).
-    freeze: regexes over parameter paths ("PaliGemma/img/.*") whose leaves do not train; each must match.
+    trainable: the model's named filter (models.trainable: all, lora, openpi_lora, action_expert, no_vision);
+    freeze: regexes over parameter paths ("PaliGemma/img/.*") also kept fixed; each must match a parameter.
     actor_training_starts: SAC steps that train only the critic first. publish_every / checkpoint_every /
     log_every: in learner steps. mesh_data / mesh_fsdp: device mesh (-1 data: all devices left)."""
 
     algorithm: str = "hiors"
     max_steps: int = 100_000
     batch_size: int = 56
+    trainable: str = "all"
     freeze: tuple[str, ...] = ()
     actor_training_starts: int = 0
     publish_every: int = 50
@@ -87,6 +89,25 @@ def make_agent(cfg: LearnerConfig, model: Pi0Config, agent_cfg: Mapping[str, Any
     flow_config.optimizer.check_fits(cfg.max_steps, "agent.optimizer")
     make = hiors.make_agent if cfg.algorithm == "hiors" else sft.make_agent
     return make(model, flow_config, trainable)
+
+
+def policy_trainable(cfg: LearnerConfig, model: Pi0Config, params):
+    """The actor's trainable mask: the model's named filter (`learner.trainable`) minus `learner.freeze`."""
+    try:
+        named = trainable.trainable_mask(model, params, cfg.trainable)
+    except ValueError as err:
+        raise ValueError(f"learner.trainable={cfg.trainable!r}: {err}") from None
+    frozen = trainable_mask(params, cfg.freeze)
+    mask = named if frozen is True else jax.tree.map(lambda a, b: bool(a and b), named, frozen)
+    if not any(jax.tree.leaves(mask)):
+        raise ValueError(f"learner.trainable={cfg.trainable!r} with learner.freeze={list(cfg.freeze)} trains nothing")
+    return mask
+
+
+def model_param_rules(min_shard_bytes: int | None = None) -> dict:
+    """Mesh rules for the "actor" network: the PI0 model's logical-axis rules (models.sharding)."""
+    kwargs = {} if min_shard_bytes is None else {"min_shard_bytes": min_shard_bytes}
+    return {"actor": lambda shapes, mesh: sharding.shardings_for(shapes, mesh, **kwargs)}
 
 
 def trainable_mask(params, freeze: tuple[str, ...], field: str = "learner.freeze"):
@@ -181,7 +202,8 @@ class Learner:
         mesh_lib.check_batch_size(cfg.batch_size, self.mesh, "learner.batch_size")
         self.server, self.replay_persist, self.replay_stats = server, replay_persist, replay_stats
         shapes = jax.eval_shape(lambda: state)
-        self.sharded = mesh_lib.ShardedUpdate(agent, self.mesh, shapes, param_rules)
+        rules = model_param_rules() if param_rules is None else param_rules
+        self.sharded = mesh_lib.ShardedUpdate(agent, self.mesh, shapes, rules)
         self.checkpointer = Checkpointer(
             f"{workdir}/checkpoints", save_every=cfg.checkpoint_every, keep=cfg.keep_checkpoints
         )
@@ -279,14 +301,15 @@ def _check_batch(batch, samples: int) -> None:
 def replay_hooks(store) -> tuple[Callable[[list], dict], Callable[[], dict]]:
     """(replay_persist, replay_stats) for a `data.replay.ReplayStore`.
 
-    The store commits each episode to disk when its last transition arrives; transitions of an episode still
-    open are only in memory, so marks are not persisted while any is open (the checkpoint is written without
-    new marks and the next one tries again): an acknowledged transition is always on disk.
+    The store saves each episode when its last transition arrives and spills open episodes to disk; should any
+    accepted transition still be only in memory (spill_open=False), marks are not persisted (the checkpoint is
+    written without new marks and the next one tries again): an acknowledged transition is always on disk.
     """
 
     def persist(marks: list) -> dict:
-        if store.open_transitions:
-            raise PersistDeferred(f"{store.open_transitions} transitions of open episodes are not on disk yet")
+        pending = store.unpersisted_transitions
+        if pending:
+            raise PersistDeferred(f"{pending} transitions of open episodes are not on disk yet")
         return {"online_frames": int(store.online_frames), **store.counters.as_dict()}
 
     return persist, store.stats

@@ -15,6 +15,7 @@ from agent_helpers import random_batch, tiny_model, tiny_params  # noqa: E402
 from hiors_jax.agents import hiors  # noqa: E402
 from hiors_jax.agents.train_state import OptimizerConfig  # noqa: E402
 from hiors_jax.models import weights  # noqa: E402
+from hiors_jax.train import learner as learner_lib  # noqa: E402
 from hiors_jax.train import mesh as mesh_lib  # noqa: E402
 
 
@@ -27,7 +28,10 @@ def main(data: int, fsdp: int, out: str) -> None:
     agent = hiors.make_agent(model, hiors.FlowConfig(optimizer=opt, ema_decay=0.9))
     mesh = mesh_lib.make_mesh(data, fsdp, jax.devices()[: data * fsdp])
     state = agent.init({"actor": tiny_params(model)}, jax.random.PRNGKey(0))
-    sharded = mesh_lib.ShardedUpdate(agent, mesh, jax.eval_shape(lambda: state))
+    # The PI0 network follows the model's logical-axis rules (the tiny model's leaves are all below the default
+    # shard size, so that threshold is lowered to make FSDP actually split them).
+    rules = learner_lib.model_param_rules(min_shard_bytes=0)
+    sharded = mesh_lib.ShardedUpdate(agent, mesh, jax.eval_shape(lambda: state), rules)
     state = sharded.place(state)
     leaves = jax.tree.leaves(state.params["actor"])
     sharded_leaves = sum(1 for x in leaves if not x.sharding.is_fully_replicated)

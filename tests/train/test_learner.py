@@ -32,7 +32,7 @@ def test_learner_trains_publishes_checkpoints_and_resumes(model, tmp_path, free_
         freeze=("PaliGemma/img/.*",),
     )  # fmt: skip
     params = tiny_params(model)
-    agent = learner_lib.make_agent(cfg, model, AGENT, learner_lib.trainable_mask(params, cfg.freeze))
+    agent = learner_lib.make_agent(cfg, model, AGENT, learner_lib.policy_trainable(cfg, model, params))
     config = TrainerConfig(*free_ports)
     server = TrainerServer(config, ack="persist")
     server.start(threaded=True)
@@ -86,6 +86,11 @@ def test_bad_config_fails_at_start_up_naming_the_field(model, tmp_path):
         learner_lib.trainable_mask(params, ("PaliGemma/vision/.*",))
     with pytest.raises(ValueError, match="freezes every parameter"):
         learner_lib.trainable_mask(params, (".*",))
+    with pytest.raises(ValueError, match=r"learner.trainable='lora'.*selects no parameter"):
+        learner_lib.policy_trainable(learner_lib.LearnerConfig(trainable="lora"), model, params)
+    with pytest.raises(ValueError, match="trains nothing"):
+        cfg_ae = learner_lib.LearnerConfig(trainable="action_expert", freeze=("action_.*", "state_proj/.*", ".*_1.*"))
+        learner_lib.policy_trainable(cfg_ae, model, params)
     mask = learner_lib.trainable_mask(params, ("PaliGemma/img/.*",))
     assert not any(jax.tree.leaves(mask["PaliGemma"]["img"])) and all(jax.tree.leaves(mask["PaliGemma"]["llm"]))
 
