@@ -38,6 +38,7 @@ def child(data: int, fsdp: int, batch: int, seconds: float, window_frames: int, 
     from hiors_jax.models import pi0
     from hiors_jax.models.config import tiny_config
     from hiors_jax.models.tokenizer import PaligemmaTokenizer, train_tiny_tokenizer
+    from hiors_jax.train import learner as learner_lib
     from hiors_jax.train import mesh as mesh_lib
 
     model = tiny_config()
@@ -60,7 +61,9 @@ def child(data: int, fsdp: int, batch: int, seconds: float, window_frames: int, 
     mesh_lib.check_batch_size(batch, mesh)
     agent = hiors.make_agent(model)
     state = agent.init({"actor": pi0.init_params(model, jax.random.key(0))}, jax.random.PRNGKey(0))
-    sharded = mesh_lib.ShardedUpdate(agent, mesh, jax.eval_shape(lambda: state))
+    # As the Learner does: the PI0 params follow the model's logical-axis rules (at the tiny preset every leaf is
+    # below their minimum shard size, so the fsdp axis acts as a second data axis here).
+    sharded = mesh_lib.ShardedUpdate(agent, mesh, jax.eval_shape(lambda: state), learner_lib.model_param_rules())
     state = sharded.place(state)
     config = PipelineConfig(batch_size=batch, ratios={"online": 1.0}, augment=True, prefetch=3)
     stats = norm_stats_from_windows([window])
