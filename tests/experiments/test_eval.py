@@ -1,0 +1,185 @@
+"""The eval core against the real simulated X-Trainer (MuJoCo, DobotEnv, websocket bridge, scripted labeller)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco", reason="the sim needs the `sim` extra (mujoco)")
+
+from experiments.dobot_pnp import eval as eval_cmd  # noqa: E402
+from robot.dobot.video import read_frames  # noqa: E402
+from robot.sim import model as sim_model  # noqa: E402
+from robot.sim.ik import ArmIK, rot_y  # noqa: E402
+
+SIZE = (24, 32)
+HORIZON_S = 6.0  # the sim labels failure after 6 s of robot time: 3-4 policy queries of 2 s
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with eval_cmd.sim_robot_env("easy", SIZE, horizon_s=HORIZON_S) as (env, robot):
+        yield env, robot
+    assert robot.error is None
+
+
+class HoldPolicy:
+    """Stalls: commands the pose the robot is in. Records each attempt's first observation."""
+
+    def __init__(self):
+        self.first_obs = []
+        self._fresh = False
+
+    def reset(self):
+        self._fresh = True
+
+    def infer(self, obs):
+        if self._fresh:
+            self.first_obs.append({"state": obs["state"].copy(), "image": obs["images"]["cam_high"].copy()})
+            self._fresh = False
+        return {"actions": np.tile(obs["state"], (50, 1))}
+
+
+class ReachOracle:
+    """Solves the easy task by reading the simulator (the marker's position) and aiming the left TCP at it by IK,
+    correcting the aim by the measured error at each query; with probability `skill` per attempt it does so,
+    otherwise it holds the pose. The sim is blocked waiting for the chunk while `infer` reads it."""
+
+    def __init__(self, sim, skill: float, seed: int):
+        self.sim, self.skill, self.rng = sim, skill, np.random.default_rng(seed)
+        self.ik = ArmIK(sim.model, "left")
+        self.tries: list[bool] = []
+
+    def reset(self):
+        self.tries.append(bool(self.rng.random() < self.skill))
+        self.aim = None
+
+    def infer(self, obs):
+        q = np.asarray(obs["state"], np.float64).copy()
+        if self.tries[-1]:
+            target = self.sim.target
+            self.aim = target.copy() if self.aim is None else self.aim + 0.7 * (target - self.sim.tcp("left")[0])
+            self.ik.data.qpos[:] = self.sim.data.qpos
+            q[0:6], _ = self.ik.solve_goal(self.aim, rot_y(0.5), q[0:6])
+            q[7:13] = sim_model.START_ARM_QPOS
+        return {"actions": np.tile(q, (50, 1)).astype(np.float32)}
+
+
+def test_a_stalled_policy_fails_every_attempt(sim, tmp_path):
+    env, _ = sim
+    policy = HoldPolicy()
+    results = eval_cmd.evaluate(policy, env, cases=2, trial_budget=3, seed=7)
+    assert [c.seed for c in results.cases] == [7, 8]
+    assert all(len(c.attempts) == 3 and c.solved_at is None for c in results.cases)
+    for a in results.attempts:
+        assert a.label == "failure" and not a.success and "horizon" in a.reason, a
+        assert a.episode_time_s == pytest.approx(HORIZON_S, abs=0.2)
+        assert a.queries >= 3 and not a.short and a.interventions == 0  # the labeller never took over
+    assert results.success_rate == 0.0
+    assert [results.success_within(k) for k in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    # Each attempt of a case starts from the case's initial condition; the cases differ.
+    firsts = policy.first_obs
+    assert len(firsts) == 6
+    for case in range(2):
+        a, b, c = firsts[3 * case : 3 * case + 3]
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["image"], c["image"])
+    assert not np.array_equal(firsts[0]["image"], firsts[3]["image"])  # the marker moved
+
+    path = results.write_json(tmp_path / "eval.json")
+    data = json.loads(path.read_text())
+    assert data["summary"]["success_within"] == {"1": 0.0, "2": 0.0, "3": 0.0}
+    assert data["summary"]["mean_success_time_s"] is None
+    assert data["summary"]["attempts"] == 6
+    table = results.table()
+    assert "success rate (first attempt): 0% of 2 cases" in table and "success@3: 0%" in table
+
+
+def test_budget_curve_of_a_sometimes_successful_policy(sim, tmp_path):
+    env, robot = sim
+    oracle = ReachOracle(robot.bridge.io.sim, skill=0.5, seed=3)
+    results = eval_cmd.evaluate(oracle, env, cases=5, trial_budget=3, seed=0, video_dir=tmp_path / "videos")
+    # Every attempt's outcome is the oracle's coin: tries succeed, holds fail, and a case stops at its success.
+    coins = iter(oracle.tries)
+    for case in results.cases:
+        for a in case.attempts:
+            assert a.success == next(coins), a
+        assert [a.success for a in case.attempts[:-1]] == [False] * (len(case.attempts) - 1)
+        assert len(case.attempts) == 3 or case.attempts[-1].success
+    assert next(coins, None) is None
+    curve = [results.success_within(k) for k in (1, 2, 3)]
+    expected = [np.mean([c.solved_at is not None and c.solved_at <= k for c in results.cases]) for k in (1, 2, 3)]
+    assert curve == expected
+    assert curve[0] > 0 and curve == sorted(curve) and curve[-1] > curve[0]  # this seed's coins retry into success
+    successes = [a for a in results.attempts if a.success]
+    assert all(a.label == "success" and "policy in control" in a.reason for a in successes)
+    assert all(a.episode_time_s < HORIZON_S for a in successes)
+    summary = results.summary()
+    assert summary["mean_success_time_s"] == pytest.approx(np.mean([a.episode_time_s for a in successes]))
+    assert summary["mean_episode_time_s"] > summary["mean_success_time_s"]  # failures run to the horizon
+    # The sim's easy task is done within one or two queries: short, flagged and counted.
+    assert all(a.short for a in successes) and summary["short_episodes"] >= len(successes)
+
+    # One video per attempt, named by case and attempt, one frame per observation.
+    for a in results.attempts:
+        assert a.video.endswith(f"case{a.case:03d}_try{a.attempt}.mp4")
+        frames = list(read_frames(a.video))
+        assert len(frames) == a.queries + 1 and frames[0].shape == (SIZE[0], 3 * SIZE[1], 3)
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == len(results.attempts)
+
+    data = json.loads(results.write_json(tmp_path / "eval.json").read_text())
+    assert data["summary"]["success_within"] == {str(k): v for k, v in zip((1, 2, 3), curve, strict=True)}
+    assert [c["solved_at"] for c in data["per_case"]] == [c.solved_at for c in results.cases]
+    table = results.table()
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["case", "seed", "solved"] and len(lines) >= 2 + len(results.cases)
+    assert f"success@2: {100 * curve[1]:.0f}%" in table
+
+
+class ScriptedEnv:
+    """Stands in for the robot where the sim cannot go: episodes ending by a disconnection or a quick label."""
+
+    def __init__(self, endings):
+        self.endings = list(endings)  # per episode: (queries, label, disconnected)
+
+    def reset(self, seed=None):
+        self.left, self.label, self.lost = self.endings.pop(0)
+        return {"state": np.zeros(14, np.float32)}, {}
+
+    def step(self, actions):
+        self.left -= 1
+        if self.left:
+            return {"state": np.zeros(14, np.float32)}, 0.0, False, False, {}
+        info = {"label": self.label, "episode_time_s": 1.0, "robot_disconnected": self.lost, "interventions": 0}
+        return {"state": np.zeros(14, np.float32)}, 0.0, not self.lost, self.lost, info
+
+
+class ZeroPolicy:
+    def infer(self, obs):
+        return {"actions": np.zeros((50, 14), np.float32)}
+
+
+def test_disconnected_and_short_attempts_are_rerun_or_flagged():
+    env = ScriptedEnv([(2, None, True), (5, "failure", False), (1, "success", False)])
+    results = eval_cmd.evaluate(ZeroPolicy(), env, cases=1, trial_budget=2)
+    (case,) = results.cases
+    assert [a.label for a in case.redone] == ["failure"] and "robot disconnected" in case.redone[0].reason
+    assert [(a.attempt, a.success, a.short) for a in case.attempts] == [(1, False, False), (2, True, True)]
+    assert results.success_within(2) == 1.0 and results.success_rate == 0.0
+
+    env = ScriptedEnv([(1, "success", False), (4, "failure", False)])
+    results = eval_cmd.evaluate(ZeroPolicy(), env, cases=1, trial_budget=1, redo_short=True)
+    assert [a.queries for a in results.cases[0].redone] == [1] and results.cases[0].attempts[0].queries == 4
+
+    env = ScriptedEnv([(1, "success", False)] * 3)
+    with pytest.raises(RuntimeError, match="max_redos=2"):
+        eval_cmd.evaluate(ZeroPolicy(), env, cases=1, trial_budget=1, redo_short=True, max_redos=2)
+
+
+@pytest.mark.parametrize("field", ["cases", "trial_budget"])
+def test_bad_counts_name_the_field(field):
+    kwargs = {"cases": 1, "trial_budget": 1, field: 0}
+    with pytest.raises(ValueError, match=field):
+        eval_cmd.evaluate(ZeroPolicy(), ScriptedEnv([]), **kwargs)
