@@ -80,11 +80,16 @@ class MetricsWriter:
             self._wandb.log(scalars, step=step)
         return scalars
 
+    @property
+    def last_step(self) -> int:
+        """The step of the latest `progress()` call (where other threads log, e.g. the actors' episode stats)."""
+        return self._last_step
+
     def progress(self, step: int, postfix: Mapping[str, float] | None = None) -> None:
+        last, self._last_step = self._last_step, step
         if self._bar is None:
             return
-        self._bar.update(max(0, step - self._last_step))
-        self._last_step = step
+        self._bar.update(max(0, step - last))
         if postfix:
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 
