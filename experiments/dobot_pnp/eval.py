@@ -319,40 +319,283 @@ def _name_video(path: str | None, stem: str) -> str | None:
 
 
 @contextlib.contextmanager
-def sim_robot_env(
-    task: str = "easy",
-    image_size: tuple[int, int] = (224, 298),
-    *,
-    horizon_s: float | None = None,
-    max_episode_s: float | None = 60.0,
-    robot_timeout_s: float = 120.0,
-) -> Iterator[tuple[Any, Any]]:
-    """A DobotEnv on a free loopback port with the simulated X-Trainer driving it from a thread of this process.
+def sim_robot_env(env_config=None, sim_config=None) -> Iterator[tuple[Any, Any]]:
+    """A DobotEnv (robot.dobot.env.DobotEnvConfig) with the simulated X-Trainer (robot.sim.serve.SimServeConfig)
+    driving it from a thread of this process. Yields (env, robot); `robot.bridge.io.sim` is the simulator.
 
-    The scripted human only labels (never takes over), so every outcome is the policy's. Yields (env, robot);
-    `robot.bridge.io.sim` is the simulator (tests' oracle policies read it).
+    For evaluation: the scripted human only labels (never takes over or drives), so every outcome is the
+    policy's; the env listens on a free loopback port (an actor of a run may hold env.host:env.port); the sim
+    renders at the env's image size.
     """
     from robot.dobot.env import DobotEnv, DobotEnvConfig
-    from robot.sim.human import HumanConfig
     from robot.sim.serve import SimServeConfig, start_in_thread
 
-    config = DobotEnvConfig(
-        port=0, image_size=tuple(image_size), max_episode_s=max_episode_s, robot_timeout_s=robot_timeout_s
-    )
-    env = DobotEnv(config)
+    env_config = dataclasses.replace(env_config or DobotEnvConfig(), host="127.0.0.1", port=0, api_key=None)
+    sim_config = sim_config or SimServeConfig()
+    human = dataclasses.replace(sim_config.human, takeover=False, drive_from_start=False)
+    env = DobotEnv(env_config)
+    robot = None
     try:
         robot = start_in_thread(
-            SimServeConfig(
-                task=task,
+            dataclasses.replace(
+                sim_config,
                 uri=f"ws://127.0.0.1:{env.port}",
-                image_size=tuple(image_size),
-                horizon_s=horizon_s,
-                human=HumanConfig(takeover=False),
+                api_key=None,
+                image_size=tuple(env_config.image_size),
+                human=human,
             )
         )
-        try:
-            yield env, robot
-        finally:
+        yield env, robot
+    finally:
+        env.close()  # first: the robot thread waits on the env's reply until the connection closes
+        if robot is not None:
             robot.stop()
+
+
+class CheckpointPathError(ValueError):
+    """A --checkpoint_path that is not something the eval can load; the message names the path."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints -> policies (openpi's `infer(obs)["actions"]` interface)
+# --------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | pathlib.Path) -> tuple[str, pathlib.Path]:
+    """("policy" | "learner_step", directory) for what `--checkpoint_path` names.
+
+    policy: openpi's layout (params/ + assets/<id>/norm_stats.json + a tokenizer *.model), what the learner
+    exports to <run>/policy and `hiors_jax.demo` writes; its params/ item is accepted too. learner_step: an orbax
+    step `<run>/checkpoints/<step>` (state/ + meta/); the checkpoints directory itself means its newest step.
+    """
+    given = pathlib.Path(path).expanduser()
+    if not given.exists():
+        raise CheckpointPathError(f"--checkpoint_path: {given} does not exist")
+    if given.name == "params" and (given / "_METADATA").is_file():
+        given = given.parent
+    if (given / "params").is_dir():
+        return "policy", given
+    if (given / "state").is_dir():
+        return "learner_step", given
+    steps = sorted((int(p.name), p) for p in given.glob("*") if p.name.isdigit() and (p / "state").is_dir())
+    if steps:
+        log.info("--checkpoint_path: %s holds learner steps %s; evaluating the newest", given, [s for s, _ in steps])
+        return "learner_step", steps[-1][1]
+    raise CheckpointPathError(
+        f"--checkpoint_path: {given} is neither a policy directory in openpi's layout (params/ + "
+        "assets/<id>/norm_stats.json + a tokenizer *.model: <run>/policy, or what hiors_jax.demo writes) nor a "
+        "learner checkpoint (<run>/checkpoints/<step> with state/, or <run>/checkpoints for the newest step)"
+    )
+
+
+class PromptedPolicy:
+    """Gives the policy the run's prompt (the actor's model.prompt), whatever the robot sends."""
+
+    def __init__(self, policy, prompt: str):
+        self.policy, self.prompt = policy, prompt
+
+    def infer(self, obs: dict) -> dict:
+        return self.policy.infer({**obs, "prompt": self.prompt})
+
+
+class LearnerStepPolicy:
+    """A learner checkpoint step as an openpi policy: the run's config, tokenizer and norm stats beside it."""
+
+    def __init__(self, step_dir: pathlib.Path, *, num_steps: int, seed: int):
+        import jax
+
+        from experiments.dobot_pnp import build
+
+        config, self.params, stats, tok_path, self.prompt = build.load_run_policy(step_dir)
+        tok = build.load_tokenizer(tok_path, config)
+        self._policy = build.make_policy(config, tok, stats, num_steps=num_steps)
+        self._jax, self._key = jax, jax.random.key(seed)
+
+    def infer(self, obs: dict) -> dict:
+        self._key, key = self._jax.random.split(self._key)
+        return {"actions": self._policy(self.params, obs, key)}
+
+
+def load_policy(path: str | pathlib.Path, *, num_steps: int, action_horizon: int, max_token_len: int, seed: int):
+    """(policy, description) for `--checkpoint_path`; CheckpointPathError names the path when it is neither kind."""
+    kind, directory = resolve_checkpoint(path)
+    if kind == "policy":
+        from experiments.dobot_pnp.serve import CheckpointError, CheckpointPolicy
+
+        try:
+            policy = CheckpointPolicy(
+                directory,
+                num_steps=num_steps,
+                action_horizon=action_horizon,
+                max_token_len=max_token_len,
+                seed=seed,
+            )
+        except (CheckpointError, FileNotFoundError) as err:
+            raise CheckpointPathError(f"--checkpoint_path: {directory}: {err}") from err
+        return policy, {"checkpoint": str(directory), "checkpoint_kind": kind}
+    try:
+        policy = LearnerStepPolicy(directory, num_steps=num_steps, seed=seed)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        raise CheckpointPathError(f"--checkpoint_path: {directory}: {err}") from err
+    step = int(directory.name) if directory.name.isdigit() else None
+    return policy, {"checkpoint": str(directory), "checkpoint_kind": kind, "checkpoint_step": step}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------
+
+USAGE = """python -m experiments.dobot_pnp.eval --config=configs/dobot_pnp.py:<variant> [--checkpoint_path=PATH]
+       [--config.eval.episodes=N] [--config.eval.trial_budget=K] [--config.eval.videos=False]
+       [--config.eval.output=results.json] [--config.seed=S] [--config.sim.task=transfer] ...
+
+--checkpoint_path: a policy directory in openpi's layout (<run>/policy, what the learner exports; or what
+    `python -m hiors_jax.demo` writes), or a learner checkpoint (<run>/checkpoints/<step>, or <run>/checkpoints
+    for its newest step). Default: <output_dir>/<run_name>/policy of the config's run.
+--config: the run's config (configs/dobot_pnp.py:<variant>); every field can be overridden with
+    --config.<section>.<field>=value. With sim.enabled the simulated X-Trainer runs in this process and its
+    scripted human only labels (it never takes over); otherwise the env listens on env.host:env.port for the
+    robot PC and the operator restores each case's initial condition, presses Enter, and labels the attempt.
+"""
+EVAL_FIELDS = (
+    "eval.episodes",
+    "eval.trial_budget",
+    "eval.videos",
+    "eval.output",
+    "seed",
+    "model.prompt",
+    "model.num_sample_steps",
+    "model.action_horizon",
+    "model.max_token_len",
+    "sim.enabled",
+    "sim.task",
+    "sim.horizon_s",
+    "sim.render",
+    "env.host",
+    "env.port",
+    "env.api_key",
+    "env.image_size",
+    "env.max_episode_s",
+    "env.robot_timeout_s",
+    "actor.labels",
+    "output_dir",
+    "run_name",
+)
+
+
+def help_text() -> str:
+    from configs.dobot_pnp import DOCS
+
+    width = max(len(f) for f in EVAL_FIELDS)
+    fields = "\n".join(f"  --config.{f.ljust(width)}  {DOCS[f]}" for f in EVAL_FIELDS if f in DOCS)
+    return f"{__doc__.split(chr(10) + chr(10))[0]}\n\nusage: {USAGE}\nconfig fields the eval reads:\n{fields}\n"
+
+
+@contextlib.contextmanager
+def settings_env(s) -> Iterator[Any]:
+    """The env the config describes: the in-process sim (labeller only) when sim.enabled, else the robot PC's."""
+    from robot.dobot.env import DobotEnv
+
+    if s.cfg.sim.enabled:
+        with sim_robot_env(s.env, s.sim) as (env, _robot):
+            yield env
+        return
+    from experiments.dobot_pnp.run_actor import label_source
+
+    env = DobotEnv(s.env, labels=label_source(s))
+    print(f"waiting for the robot PC at ws://{s.env.host}:{env.port}", flush=True)
+    try:
+        yield env
     finally:
         env.close()
+
+
+def operator_prompt(case: int, attempt: int, seed: int) -> None:
+    """Real robot: the operator restores the case's initial condition and confirms with Enter."""
+    from robot.dobot.labels import StdinHub
+
+    lines = StdinHub.shared().subscribe()
+    what = "set up" if attempt == 1 else "restore (as for its attempt 1)"
+    print(f"\ncase {case} attempt {attempt}: {what} initial condition #{seed}, then press Enter", flush=True)
+    lines.get()
+
+
+def _progress_line(a: Attempt) -> None:
+    outcome = (
+        "success" if a.success else ("assisted success (counted as failure)" if a.label == "success" else "failure")
+    )
+    short = f", short (<= {SHORT_EPISODE_QUERIES} queries)" if a.short else ""
+    print(
+        f"case {a.case} attempt {a.attempt} (seed {a.seed}): {outcome} after {a.queries} queries, "
+        f"{a.episode_time_s:.1f} s robot time{short} ({a.reason})",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = list(sys.argv if argv is None else ["eval", *argv])
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(help_text())
+        return 0
+    values = flags.FlagValues()  # not absl's global FLAGS: the eval may share a process with other commands
+    config_flags.DEFINE_config_file("config", "configs/dobot_pnp.py:sim", "the run's config", flag_values=values)
+    flags.DEFINE_string("checkpoint_path", "", "policy dir or learner checkpoint (see --help)", flag_values=values)
+    try:
+        values(argv)
+        cfg = values.config
+    except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as err:
+        print(f"error: {err}\n\nusage: {USAGE}", file=sys.stderr)
+        return 2
+    from experiments.dobot_pnp.settings import ConfigError, Settings
+
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        s = Settings.from_config(cfg)
+        checkpoint = values.checkpoint_path or str(s.workdir / "policy")
+        policy, info = load_policy(
+            checkpoint,
+            num_steps=int(cfg.model.num_sample_steps),
+            action_horizon=int(cfg.model.action_horizon),
+            max_token_len=int(cfg.model.max_token_len),
+            seed=int(cfg.seed),
+        )
+    except (ConfigError, CheckpointPathError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    policy = PromptedPolicy(policy, cfg.model.prompt)
+    label = str(info["checkpoint_step"]) if info.get("checkpoint_step") is not None else "policy"
+    output = pathlib.Path(cfg.eval.output).expanduser() if cfg.eval.output else s.workdir / "eval" / f"{label}.json"
+    video_dir = output.with_name(output.stem + "_videos") if cfg.eval.videos else None
+    robot = f"sim ({cfg.sim.task})" if cfg.sim.enabled else "robot PC"
+    info.update(variant=cfg.variant, robot=robot, prompt=cfg.model.prompt, config=json.loads(cfg.to_json_best_effort()))
+    print(
+        f"evaluating {info['checkpoint']} on the {robot}: {cfg.eval.episodes} cases x up to "
+        f"{cfg.eval.trial_budget} attempts, seeds {cfg.seed}..{cfg.seed + cfg.eval.episodes - 1}",
+        flush=True,
+    )
+    with settings_env(s) as env:
+        results = evaluate(
+            policy,
+            env,
+            cases=int(cfg.eval.episodes),
+            trial_budget=int(cfg.eval.trial_budget),
+            seed=int(cfg.seed),
+            video_dir=video_dir,
+            before_attempt=None if cfg.sim.enabled else operator_prompt,
+            progress=_progress_line,
+            info=info,
+        )
+    print()
+    print(results.table())
+    results.write_json(output)
+    print(f"\nresults: {output}" + (f"\nvideos: {video_dir}" if video_dir else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

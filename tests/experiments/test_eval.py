@@ -10,9 +10,11 @@ import pytest
 pytest.importorskip("mujoco", reason="the sim needs the `sim` extra (mujoco)")
 
 from experiments.dobot_pnp import eval as eval_cmd  # noqa: E402
+from robot.dobot.env import DobotEnvConfig  # noqa: E402
 from robot.dobot.video import read_frames  # noqa: E402
 from robot.sim import model as sim_model  # noqa: E402
 from robot.sim.ik import ArmIK, rot_y  # noqa: E402
+from robot.sim.serve import SimServeConfig  # noqa: E402
 
 SIZE = (24, 32)
 HORIZON_S = 6.0  # the sim labels failure after 6 s of robot time: 3-4 policy queries of 2 s
@@ -20,7 +22,8 @@ HORIZON_S = 6.0  # the sim labels failure after 6 s of robot time: 3-4 policy qu
 
 @pytest.fixture(scope="module")
 def sim():
-    with eval_cmd.sim_robot_env("easy", SIZE, horizon_s=HORIZON_S) as (env, robot):
+    env_config = DobotEnvConfig(image_size=SIZE, robot_timeout_s=120.0)
+    with eval_cmd.sim_robot_env(env_config, SimServeConfig(task="easy", horizon_s=HORIZON_S)) as (env, robot):
         yield env, robot
     assert robot.error is None
 
