@@ -568,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     policy = PromptedPolicy(policy, cfg.model.prompt)
-    label = str(info["checkpoint_step"]) if info.get("checkpoint_step") is not None else "policy"
+    step = info.get("checkpoint_step")
+    label = str(step) if step is not None else pathlib.Path(info["checkpoint"]).name
     output = pathlib.Path(cfg.eval.output).expanduser() if cfg.eval.output else s.workdir / "eval" / f"{label}.json"
     video_dir = output.with_name(output.stem + "_videos") if cfg.eval.videos else None
     robot = f"sim ({cfg.sim.task})" if cfg.sim.enabled else "robot PC"

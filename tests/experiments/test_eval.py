@@ -186,3 +186,86 @@ def test_bad_counts_name_the_field(field):
     kwargs = {"cases": 1, "trial_budget": 1, field: 0}
     with pytest.raises(ValueError, match=field):
         eval_cmd.evaluate(ZeroPolicy(), ScriptedEnv([]), **kwargs)
+
+
+def test_checkpoint_paths_resolve_or_fail_naming_the_path(tmp_path):
+    policy = tmp_path / "run" / "policy"
+    (policy / "params").mkdir(parents=True)
+    (policy / "params" / "_METADATA").write_text("{}")
+    assert eval_cmd.resolve_checkpoint(policy) == ("policy", policy)
+    assert eval_cmd.resolve_checkpoint(policy / "params") == ("policy", policy)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for step in (100, 1000, 200):
+        (checkpoints / str(step) / "state").mkdir(parents=True)
+    assert eval_cmd.resolve_checkpoint(checkpoints / "200") == ("learner_step", checkpoints / "200")
+    assert eval_cmd.resolve_checkpoint(checkpoints) == ("learner_step", checkpoints / "1000")  # the newest
+    for bad, why in ((tmp_path / "run", "is neither"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises(eval_cmd.CheckpointPathError, match="is neither|does not exist") as err:
+            eval_cmd.resolve_checkpoint(bad)
+        assert str(err.value).startswith(f"--checkpoint_path: {bad} ") and why in str(err.value)
+
+
+@pytest.fixture
+def demo_checkpoint(tiny_checkpoint, tmp_path):
+    """What `python -m hiors_jax.demo` writes: pi0_tiny params/, one assets/<id>/norm_stats.json, a tokenizer
+    (the session's tiny checkpoint, less its second asset dir)."""
+    import shutil
+
+    out = shutil.copytree(tiny_checkpoint, tmp_path / "demo_checkpoint")
+    shutil.rmtree(out / "assets" / "shifted")
+    return out
+
+
+ROOT = eval_cmd.pathlib.Path(__file__).resolve().parents[2]
+CONFIG = f"--config={ROOT / 'configs' / 'dobot_pnp.py'}:sim"
+
+
+def run_cli(*args, timeout=240):
+    import os
+    import subprocess
+    import sys
+
+    root = ROOT
+    env = {**os.environ, "PYTHONPATH": str(root), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    cmd = [sys.executable, "-m", "experiments.dobot_pnp.eval", CONFIG, *args]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_evaluates_a_demo_checkpoint_on_the_sim(demo_checkpoint, tmp_path):
+    out = tmp_path / "results" / "eval.json"
+    proc = run_cli(
+        f"--checkpoint_path={demo_checkpoint}",
+        "--config.eval.episodes=2",
+        "--config.eval.trial_budget=2",
+        f"--config.eval.output={out}",
+        "--config.env.image_size=(24, 32)",
+        "--config.sim.horizon_s=4.0",
+        f"--config.output_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["checkpoint"] == str(demo_checkpoint) and data["checkpoint_kind"] == "policy"
+    assert data["robot"] == "sim (easy)" and data["config"]["eval"]["episodes"] == 2
+    cases = data["per_case"]
+    assert [c["seed"] for c in cases] == [0, 1]
+    attempts = [a for c in cases for a in c["attempts"]]
+    assert all(a["label"] in ("success", "failure") and a["interventions"] == 0 for a in attempts)
+    assert all(0 < a["episode_time_s"] <= 4.0 + 0.2 for a in attempts)
+    summary = data["summary"]
+    assert summary["attempts"] == len(attempts)
+    solved = [c["solved_at"] for c in cases]
+    assert summary["success_within"] == {str(k): np.mean([s is not None and s <= k for s in solved]) for k in (1, 2)}
+    # The table, then where the results and videos went.
+    assert "case  seed  solved  try 1" in proc.stdout
+    assert f"success rate (first attempt): {100 * summary['success_rate']:.0f}% of 2 cases" in proc.stdout
+    assert f"results: {out}" in proc.stdout
+    videos = sorted(p.name for p in (out.parent / "eval_videos").glob("*.mp4"))
+    assert videos == sorted(f"case{a['case']:03d}_try{a['attempt']}.mp4" for a in attempts)
+
+
+def test_cli_bad_checkpoint_path_names_the_path(tmp_path, capsys):
+    missing = tmp_path / "no_such_run" / "policy"
+    assert eval_cmd.main([CONFIG, f"--checkpoint_path={missing}"]) == 2
+    assert f"--checkpoint_path: {missing} does not exist" in capsys.readouterr().err
+    assert eval_cmd.main([CONFIG, f"--checkpoint_path={tmp_path}"]) == 2
+    assert f"--checkpoint_path: {tmp_path} is neither" in capsys.readouterr().err
