@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -58,6 +59,7 @@ class Attempt:
     interventions: int
     teleop_steps: int
     short: bool  # ended after <= short_queries queries
+    clipped_values: int = 0  # action values the env clipped to the joint limits over the attempt
     video: str | None = None
 
 
@@ -202,20 +204,22 @@ def _attempt_cell(a: Attempt) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-def run_episode(policy, env, seed: int) -> tuple[dict, int, float]:
-    """One episode from `env.reset(seed=seed)` until the env ends it: (final info, queries, wall seconds)."""
+def run_episode(policy, env, seed: int) -> tuple[dict, int, float, int]:
+    """One episode from `env.reset(seed=seed)` until the env ends it: (final info, queries, wall seconds, action
+    values the env clipped to the joint limits)."""
     reset = getattr(policy, "reset", None)
     if callable(reset):  # policies with per-episode state (action queues, an oracle's plan)
         reset()
     start = time.monotonic()
     obs, info = env.reset(seed=seed)
-    queries = 0
+    queries = clipped = 0
     while True:
         actions = policy.infer(obs)["actions"]
         obs, _reward, terminated, truncated, info = env.step(actions)
         queries += 1
+        clipped += int(info.get("clipped_values", 0))
         if terminated or truncated:
-            return info, queries, time.monotonic() - start
+            return info, queries, time.monotonic() - start, clipped
 
 
 def evaluate(
@@ -260,7 +264,7 @@ def evaluate(
         while attempt <= trial_budget:
             if before_attempt is not None:
                 before_attempt(case, attempt, case_seed)
-            end, queries, wall = run_episode(policy, env, case_seed)
+            end, queries, wall, clipped = run_episode(policy, env, case_seed)
             record = Attempt(
                 case=case,
                 attempt=attempt,
@@ -274,6 +278,7 @@ def evaluate(
                 interventions=int(end.get("interventions", 0)),
                 teleop_steps=int(end.get("teleop_steps", 0)),
                 short=queries <= short_queries,
+                clipped_values=clipped,
             )
             why_rerun = None
             if end.get("robot_disconnected"):
@@ -483,12 +488,33 @@ EVAL_FIELDS = (
 )
 
 
-def help_text() -> str:
+def help_text(argv: list[str]) -> str:
+    """The usage, then the fields the eval reads with their values in the chosen variant."""
     from configs.dobot_pnp import DOCS
+    from experiments.dobot_pnp.__main__ import _config_spec, _leaf_paths, _load_variant
 
-    width = max(len(f) for f in EVAL_FIELDS)
-    fields = "\n".join(f"  --config.{f.ljust(width)}  {DOCS[f]}" for f in EVAL_FIELDS if f in DOCS)
-    return f"{__doc__.split(chr(10) + chr(10))[0]}\n\nusage: {USAGE}\nconfig fields the eval reads:\n{fields}\n"
+    spec = _config_spec(argv)
+    leaves = _leaf_paths(_load_variant(spec))
+    width = max(len(f) for f in EVAL_FIELDS) + len("--config.")
+    lines = [__doc__.split("\n\n")[0], "", f"usage: {USAGE}", f"config fields the eval reads ({spec}):"]
+    for field in EVAL_FIELDS:
+        lines.append(f"  {'--config.' + field:<{width}}  {leaves[field]!r:<14} {DOCS[field]}")
+    return "\n".join(lines)
+
+
+def split_checkpoint_flag(argv: list[str]) -> tuple[str, list[str]]:
+    """(--checkpoint_path's value or "", the other arguments): the rest is the run's config and its overrides."""
+    value, rest, i = "", [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--checkpoint_path="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--checkpoint_path" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 1
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
 
 
 @contextlib.contextmanager
@@ -532,48 +558,55 @@ def _progress_line(a: Attempt) -> None:
     )
 
 
+def _setup_logging() -> None:
+    """Warnings and up; an untrained policy's per-step clipping is counted per attempt (clipped_values) instead."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.addFilter(lambda record: not record.getMessage().startswith("clipped "))
+    logging.getLogger().handlers[:] = [console]
+    logging.getLogger().setLevel(logging.INFO)
+    for noisy in ("absl", "jax._src", "orbax", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("robot.dobot.bridge").setLevel(logging.ERROR)  # the in-process sim's "connection lost" at exit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = list(sys.argv if argv is None else ["eval", *argv])
-    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-        print(help_text())
-        return 0
-    values = flags.FlagValues()  # not absl's global FLAGS: the eval may share a process with other commands
-    config_flags.DEFINE_config_file("config", "configs/dobot_pnp.py:sim", "the run's config", flag_values=values)
-    flags.DEFINE_string("checkpoint_path", "", "policy dir or learner checkpoint (see --help)", flag_values=values)
-    try:
-        values(argv)
-        cfg = values.config
-    except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as err:
-        print(f"error: {err}\n\nusage: {USAGE}", file=sys.stderr)
-        return 2
+    from experiments.dobot_pnp.__main__ import UsageError, parse
     from experiments.dobot_pnp.settings import ConfigError, Settings
 
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    checkpoint, argv = split_checkpoint_flag(argv)
     try:
+        if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv):
+            print(help_text(argv))
+            return 0
+        cfg = parse(argv)
         s = Settings.from_config(cfg)
-        checkpoint = values.checkpoint_path or str(s.workdir / "policy")
+        _setup_logging()
         policy, info = load_policy(
-            checkpoint,
+            checkpoint or s.workdir / "policy",
             num_steps=int(cfg.model.num_sample_steps),
             action_horizon=int(cfg.model.action_horizon),
             max_token_len=int(cfg.model.max_token_len),
             seed=int(cfg.seed),
         )
-    except (ConfigError, CheckpointPathError) as err:
+    except (UsageError, ConfigError, CheckpointPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    policy = PromptedPolicy(policy, cfg.model.prompt)
+    if cfg.model.prompt:  # the actor's prompt; empty: the one the robot sends (as the actor does)
+        policy = PromptedPolicy(policy, cfg.model.prompt)
     step = info.get("checkpoint_step")
     label = str(step) if step is not None else pathlib.Path(info["checkpoint"]).name
     output = pathlib.Path(cfg.eval.output).expanduser() if cfg.eval.output else s.workdir / "eval" / f"{label}.json"
     video_dir = output.with_name(output.stem + "_videos") if cfg.eval.videos else None
     robot = f"sim ({cfg.sim.task})" if cfg.sim.enabled else "robot PC"
-    info.update(variant=cfg.variant, robot=robot, prompt=cfg.model.prompt, config=json.loads(cfg.to_json_best_effort()))
+    info.update(
+        variant=cfg.variant,
+        robot=robot,
+        prompt=cfg.model.prompt or "(the robot's)",
+        config=json.loads(cfg.to_json_best_effort()),
+    )
     print(
         f"evaluating {info['checkpoint']} on the {robot}: {cfg.eval.episodes} cases x up to "
         f"{cfg.eval.trial_budget} attempts, seeds {cfg.seed}..{cfg.seed + cfg.eval.episodes - 1}",

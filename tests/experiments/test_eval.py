@@ -17,6 +17,7 @@ from robot.sim.ik import ArmIK, rot_y  # noqa: E402
 from robot.sim.serve import SimServeConfig  # noqa: E402
 
 SIZE = (24, 32)
+PROMPT = "pick up the cube and put it in the box"  # hiors_jax.demo's
 HORIZON_S = 6.0  # the sim labels failure after 6 s of robot time: 3-4 policy queries of 2 s
 
 
@@ -240,12 +241,13 @@ def test_cli_evaluates_a_demo_checkpoint_on_the_sim(demo_checkpoint, tmp_path):
         f"--config.eval.output={out}",
         "--config.env.image_size=(24, 32)",
         "--config.sim.horizon_s=4.0",
+        f"--config.model.prompt={PROMPT}",  # one the checkpoint's tiny tokenizer was trained on
         f"--config.output_dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["checkpoint"] == str(demo_checkpoint) and data["checkpoint_kind"] == "policy"
-    assert data["robot"] == "sim (easy)" and data["config"]["eval"]["episodes"] == 2
+    assert data["robot"] == "sim (easy)" and data["config"]["eval"]["episodes"] == 2 and data["prompt"] == PROMPT
     cases = data["per_case"]
     assert [c["seed"] for c in cases] == [0, 1]
     attempts = [a for c in cases for a in c["attempts"]]
