@@ -206,6 +206,31 @@ def tiny_config(pi05: bool = False, **changes) -> Pi0Config:
     return Pi0Config(**defaults)
 
 
+SIM_VLM = GemmaConfig(width=128, depth=2, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
+SIM_EXPERT = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
+SIM_VISION = SiglipConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch_size=16, image_size=64)
+
+
+def sim_config(**changes) -> Pi0Config:
+    """PI0 small enough to learn the simulated X-Trainer's tasks on a CPU (benchmarks/sim_hiors.py): the real
+    architecture (3 cameras, shared-attention experts, GQA, flow matching over 50x32) at 64x64 images in 8x8 patches
+    (64 tokens per camera: the 5 cm target ball stays 2-4 px wide), two layers per tower, f32 compute and no
+    rematerialisation (both only cost time at this size)."""
+    defaults = dict(
+        vlm=SIM_VLM,
+        expert=SIM_EXPERT,
+        vision=SIM_VISION,
+        vocab_size=256,
+        action_dim=32,
+        action_horizon=50,
+        max_token_len=16,
+        dtype="float32",
+        remat="none",
+    )
+    defaults.update(changes)
+    return Pi0Config(**defaults)
+
+
 def lora_config(pi05: bool = False, **changes) -> Pi0Config:
     """openpi's LoRA fine-tuning model: gemma_2b_lora + gemma_300m_lora (pi0_*_low_mem_finetune configs)."""
     return Pi0Config(vlm=GEMMA_2B_LORA, expert=GEMMA_300M_LORA, pi05=pi05, **changes)
@@ -221,6 +246,7 @@ PRESETS = {
     "pi05": pi05_config,
     "pi0_lora": lambda **kw: lora_config(pi05=False, **kw),
     "pi05_lora": lambda **kw: lora_config(pi05=True, **kw),
+    "pi0_sim": sim_config,
     "pi0_tiny": lambda **kw: tiny_config(pi05=False, **kw),
     "pi05_tiny": lambda **kw: tiny_config(pi05=True, **kw),
     "pi0_tiny_lora": lambda **kw: tiny_lora_config(pi05=False, **kw),
