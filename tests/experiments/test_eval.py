@@ -271,3 +271,44 @@ def test_cli_bad_checkpoint_path_names_the_path(tmp_path, capsys):
     assert f"--checkpoint_path: {missing} does not exist" in capsys.readouterr().err
     assert eval_cmd.main([CONFIG, f"--checkpoint_path={tmp_path}"]) == 2
     assert f"--checkpoint_path: {tmp_path} is neither" in capsys.readouterr().err
+
+
+def test_a_learner_checkpoint_step_acts_like_its_exported_policy(demo_checkpoint, tmp_path, robot_frame):
+    """<run>/checkpoints/<step> (orbax TrainState + the run's config, norm stats and tokenizer) and the same
+    params exported in openpi's layout give the same actions for the same seed."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from experiments.dobot_pnp import build
+    from hiors_jax.agents.train_state import TrainState
+    from hiors_jax.models import pi0, preprocessing
+    from hiors_jax.train.checkpoints import Checkpointer
+
+    config, params = pi0.load_openpi_params(demo_checkpoint)
+    run = tmp_path / "run"
+    state = TrainState(step=jnp.int32(40), key=jnp.zeros(2, jnp.uint32), params={"actor": params}, opt_state={})
+    checkpointer = Checkpointer(run / "checkpoints", save_every=20, background=False)
+    checkpointer.save(40, state)
+    checkpointer.close()
+    stats = preprocessing.load_norm_stats(demo_checkpoint / "assets" / "xtrainer")
+    preprocessing.save_norm_stats(run / "assets" / build.ASSET_ID / "norm_stats.json", stats)
+    shutil.copyfile(demo_checkpoint / "tiny_tokenizer.model", run / "tokenizer.model")
+    model = {"action_horizon": config.action_horizon, "max_token_len": config.max_token_len, "dtype": "float32"}
+    (run / "config.json").write_text(json.dumps({"model": model}))
+
+    step_policy, info = eval_cmd.load_policy(
+        run / "checkpoints", num_steps=3, action_horizon=50, max_token_len=0, seed=5
+    )
+    assert info == {
+        "checkpoint": str(run / "checkpoints" / "40"),
+        "checkpoint_kind": "learner_step",
+        "checkpoint_step": 40,
+    }
+    dir_policy, info = eval_cmd.load_policy(demo_checkpoint, num_steps=3, action_horizon=50, max_token_len=0, seed=5)
+    assert info["checkpoint_kind"] == "policy"
+    frame = {**robot_frame, "prompt": PROMPT}
+    for _ in range(2):  # the same noise stream too
+        ours, theirs = step_policy.infer(frame)["actions"], dir_policy.infer(frame)["actions"]
+        assert ours.shape == (50, 14)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
