@@ -153,11 +153,20 @@ def _model_inputs(config: ClassifierConfig, images: Mapping[str, Any], state: An
 
 
 def init_params(config: ClassifierConfig, key: jax.Array) -> dict:
+    return _compiled_init(config)(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(config: ClassifierConfig):
+    """One compiled initialiser per architecture (op-by-op initialisation takes seconds on a CPU)."""
     h, w = config.image_size
-    images = {c: jnp.zeros((1, h, w, 3), jnp.uint8) for c in config.cameras}
-    xs, s = _model_inputs(config, images, jnp.zeros((1, config.state_dim)))
-    # jitted: op-by-op initialisation of the convolutions takes seconds on a CPU
-    return jax.jit(RewardClassifierNet(config).init)(key, xs, s)["params"]
+
+    def init(key):
+        images = {c: jnp.zeros((1, h, w, 3), jnp.uint8) for c in config.cameras}
+        xs, s = _model_inputs(config, images, jnp.zeros((1, config.state_dim)))
+        return RewardClassifierNet(config).init(key, xs, s)["params"]
+
+    return jax.jit(init)
 
 
 def logits(config: ClassifierConfig, params, images: Mapping[str, Any], state: Any = None) -> jax.Array:
@@ -230,7 +239,7 @@ def load(directory) -> tuple[ClassifierConfig, dict]:
     if not (directory / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{directory}: classifier weights ({PARAMS_DIR}/) are missing")
     params = weights.restore_params_tree(directory / PARAMS_DIR)
-    expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    expected = jax.eval_shape(_compiled_init(config), jax.random.key(0))
     got_shapes = jax.tree.map(np.shape, params)
     want_shapes = jax.tree.map(lambda x: tuple(x.shape), expected)
     if got_shapes != want_shapes:

@@ -120,7 +120,7 @@ def trained(online, tmp_path_factory) -> tuple[pathlib.Path, str]:
     cmd = [
         sys.executable, "-m", "experiments.dobot_pnp.train_reward_classifier",
         f"--dataset={online}", f"--out={out}", "--steps=150", "--batch_size=16", "--image_size=24,32",
-        "--eval_every=75", "--val_fraction=0.25", "--conv_features=8,16,16", "--lr=1e-3",
+        "--eval_every=75", "--val_fraction=0.25", "--conv_features=8,16,16", "--lr=1e-3", "--use_state",
     ]  # fmt: skip
     result = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -308,6 +308,7 @@ def test_cli_trains_a_classifier_that_generalises_to_held_out_episodes(trained):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     config, _ = rc.load(out)
     assert config.cameras == ("cam_high", "cam_left_wrist") and config.image_size == (24, 32)
+    assert config.state_dim == 14 and len(config.state_std) == 14  # --use_state
 
 
 def test_trained_classifier_labels_env_observations(trained):
@@ -355,7 +356,9 @@ def test_missing_camera_names_it_and_lists_the_datasets_cameras(online, tmp_path
 
 
 def test_missing_state_key(online, tmp_path, capsys):
-    code, err = run_cli(capsys, f"--dataset={online}", f"--out={tmp_path / 'o'}", "--state_key=observation.joints")
+    code, err = run_cli(
+        capsys, f"--dataset={online}", f"--out={tmp_path / 'o'}", "--use_state", "--state_key=observation.joints"
+    )
     assert code == 1 and "--state_key observation.joints" in err
 
 
