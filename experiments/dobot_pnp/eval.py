@@ -536,14 +536,24 @@ def settings_env(s) -> Iterator[Any]:
         env.close()
 
 
-def operator_prompt(case: int, attempt: int, seed: int) -> None:
-    """Real robot: the operator restores the case's initial condition and confirms with Enter."""
-    from robot.dobot.labels import StdinHub
+class OperatorPrompt:
+    """Real robot: before each attempt the operator restores the case's initial condition and presses Enter.
 
-    lines = StdinHub.shared().subscribe()
-    what = "set up" if attempt == 1 else "restore (as for its attempt 1)"
-    print(f"\ncase {case} attempt {attempt}: {what} initial condition #{seed}, then press Enter", flush=True)
-    lines.get()
+    One subscription to the process's stdin hub (the label keys' reader too), made before the first episode;
+    lines typed during an episode (label keys) are dropped before waiting, so they never confirm the next case.
+    """
+
+    def __init__(self, hub=None):
+        from robot.dobot.labels import StdinHub
+
+        self._lines = (hub or StdinHub.shared()).subscribe()
+
+    def __call__(self, case: int, attempt: int, seed: int) -> None:
+        while not self._lines.empty():
+            self._lines.get_nowait()
+        what = "set up" if attempt == 1 else "restore (as for its attempt 1)"
+        print(f"\ncase {case} attempt {attempt}: {what} initial condition #{seed}, then press Enter", flush=True)
+        self._lines.get()
 
 
 def _progress_line(a: Attempt) -> None:
@@ -620,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trial_budget=int(cfg.eval.trial_budget),
             seed=int(cfg.seed),
             video_dir=video_dir,
-            before_attempt=None if cfg.sim.enabled else operator_prompt,
+            before_attempt=None if cfg.sim.enabled else OperatorPrompt(),
             progress=_progress_line,
             info=info,
         )

@@ -312,3 +312,80 @@ def test_a_learner_checkpoint_step_acts_like_its_exported_policy(demo_checkpoint
         ours, theirs = step_policy.infer(frame)["actions"], dir_policy.infer(frame)["actions"]
         assert ours.shape == (50, 14)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_real_robot_path_with_the_sim_as_robot_pc_and_operator_confirmations(demo_checkpoint, tmp_path):
+    """sim.enabled=False: the env listens for a robot PC (here the sim as its own process, labelling only) and the
+    operator confirms every attempt's initial condition with Enter before it starts."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    robot = subprocess.Popen(
+        [sys.executable, "-m", "robot.sim.serve", "--task=easy", f"--port={port}", "--no-takeover", "--horizon=4",
+         "--height=24", "--width=32"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "experiments.dobot_pnp.eval", CONFIG, f"--checkpoint_path={demo_checkpoint}",
+           "--config.sim.enabled=False", "--config.actor.labels=robot", f"--config.env.port={port}",
+           "--config.env.image_size=(24, 32)", "--config.eval.episodes=2", "--config.eval.trial_budget=2",
+           "--config.eval.videos=False", f"--config.eval.output={out}", f"--config.model.prompt={PROMPT}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    confirmations, lines = 0, []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Enter" in line:
+                confirmations += 1
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0, "".join(lines)
+    finally:
+        for p in (proc, robot):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    data = json.loads(out.read_text())
+    assert data["robot"] == "robot PC" and "videos" not in "".join(lines)
+    assert confirmations == data["summary"]["attempts"] >= 2
+    assert any("case 0 attempt 1: set up initial condition #0" in line for line in lines)
+    for attempt in (a for c in data["per_case"] for a in c["attempts"]):
+        assert attempt["label"] in ("success", "failure") and attempt["episode_time_s"] <= 4.2
+
+
+@pytest.mark.integration
+def test_eval_of_what_the_sim_command_produced(tmp_path):
+    """The README's flow: the sim Hi-ORS run, then the eval on its exported policy (the default path) and on its
+    newest learner checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    run_args = [CONFIG, f"--config.output_dir={tmp_path}", "--config.learner.checkpoint_every=10"]
+    train = subprocess.run(
+        [sys.executable, "-m", "experiments.dobot_pnp", *run_args, "--config.max_seconds=60"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    run = tmp_path / "dobot_pnp_sim"
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and (run / "policy" / "params").is_dir()
+    for extra, name in (([], "policy"), ([f"--checkpoint_path={run / 'checkpoints'}"], str(steps[-1]))):
+        proc = run_cli(*run_args[1:], "--config.eval.episodes=2", "--config.eval.trial_budget=2", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads((run / "eval" / f"{name}.json").read_text())
+        assert data["summary"]["cases"] == 2 and "success rate (first attempt)" in proc.stdout
+        assert len(list((run / "eval" / f"{name}_videos").glob("*.mp4"))) == data["summary"]["attempts"]
