@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import pathlib
 import sys
 import time
@@ -87,6 +86,7 @@ class EvalResults:
     seed: int
     short_queries: int = SHORT_EPISODE_QUERIES
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # checkpoint, task, config: copied to the JSON
+    complete: bool = False  # every case ran to its end (False in the files written while evaluating)
 
     @property
     def attempts(self) -> list[Attempt]:
@@ -126,6 +126,7 @@ class EvalResults:
     def to_json(self) -> dict[str, Any]:
         return {
             **self.info,
+            "complete": self.complete,
             "seed": self.seed,
             "short_episode_queries": self.short_queries,
             "summary": self.summary(),
@@ -234,7 +235,7 @@ def evaluate(
     redo_short: bool = False,
     max_redos: int = 3,
     before_attempt: Callable[[int, int, int], None] | None = None,
-    progress: Callable[[Attempt], None] | None = None,
+    progress: Callable[[EvalResults, Attempt], None] | None = None,
     info: dict[str, Any] | None = None,
 ) -> EvalResults:
     """Run `cases` initial conditions (reset seeds seed, seed + 1, ...) with up to `trial_budget` attempts each.
@@ -243,7 +244,9 @@ def evaluate(
     optional `policy.reset()` is called before every attempt. env: a gymnasium env ending each episode with
     `info["label"]`, `info["episode_time_s"]`, `info["interventions"]` (DobotEnv). video_dir: one mp4 per
     attempt, `case<i>_try<j>.mp4`. before_attempt(case, attempt, seed): called before each reset (the real
-    robot's operator prompt). progress(attempt): called after each counted attempt.
+    robot's operator prompt). progress(results so far, attempt): called after each counted attempt (the CLI
+    rewrites its JSON there, so an interrupted evaluation keeps what it measured; `complete` says whether it ran
+    to the end).
     """
     for name, value, low in (("cases", cases, 1), ("trial_budget", trial_budget, 1), ("max_redos", max_redos, 1)):
         if value < low:
@@ -272,7 +275,7 @@ def evaluate(
                 label=end.get("label") or "failure",
                 reason=end.get("label_reason") or "",
                 success=end.get("label") == "success" and int(end.get("interventions", 0)) == 0,
-                episode_time_s=float(end.get("episode_time_s", math.nan)),
+                episode_time_s=_episode_time(end),
                 wall_time_s=wall,
                 queries=queries,
                 interventions=int(end.get("interventions", 0)),
@@ -301,11 +304,18 @@ def evaluate(
             record.video = _name_video(end.get("video_path"), f"case{case:03d}_try{attempt}")
             result.attempts.append(record)
             if progress is not None:
-                progress(record)
+                progress(results, record)
             if record.success:
                 break
             attempt += 1
+    results.complete = True
     return results
+
+
+def _episode_time(info: dict) -> float:
+    if "episode_time_s" not in info:
+        raise KeyError(f"the env's final info has no 'episode_time_s' (robot time; DobotEnv sets it): {sorted(info)}")
+    return float(info["episode_time_s"])
 
 
 def _name_video(path: str | None, stem: str) -> str | None:
@@ -556,7 +566,18 @@ class OperatorPrompt:
         self._lines.get()
 
 
+def report_to(output: pathlib.Path) -> Callable[[EvalResults, Attempt], None]:
+    """evaluate's progress callback: a line per attempt, and the JSON rewritten with the results so far."""
+
+    def report(results: EvalResults, attempt: Attempt) -> None:
+        _progress_line(attempt)
+        results.write_json(output)
+
+    return report
+
+
 def _progress_line(a: Attempt) -> None:
+    """One line per attempt as it ends."""
     outcome = (
         "success" if a.success else ("assisted success (counted as failure)" if a.label == "success" else "failure")
     )
@@ -631,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=int(cfg.seed),
             video_dir=video_dir,
             before_attempt=None if cfg.sim.enabled else OperatorPrompt(),
-            progress=_progress_line,
+            progress=report_to(output),
             info=info,
         )
     print()

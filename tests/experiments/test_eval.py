@@ -246,7 +246,7 @@ def test_cli_evaluates_a_demo_checkpoint_on_the_sim(demo_checkpoint, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert data["checkpoint"] == str(demo_checkpoint) and data["checkpoint_kind"] == "policy"
+    assert data["checkpoint"] == str(demo_checkpoint) and data["checkpoint_kind"] == "policy" and data["complete"]
     assert data["robot"] == "sim (easy)" and data["config"]["eval"]["episodes"] == 2 and data["prompt"] == PROMPT
     cases = data["per_case"]
     assert [c["seed"] for c in cases] == [0, 1]
@@ -389,3 +389,23 @@ def test_eval_of_what_the_sim_command_produced(tmp_path):
         data = json.loads((run / "eval" / f"{name}.json").read_text())
         assert data["summary"]["cases"] == 2 and "success rate (first attempt)" in proc.stdout
         assert len(list((run / "eval" / f"{name}_videos").glob("*.mp4"))) == data["summary"]["attempts"]
+
+
+def test_an_interrupted_evaluation_keeps_what_it_measured(tmp_path, capsys):
+    class DyingEnv(ScriptedEnv):
+        def reset(self, seed=None):
+            if not self.endings:
+                raise ConnectionError("robot PC gone")
+            return super().reset(seed)
+
+    out = tmp_path / "eval.json"
+    env = DyingEnv([(3, "failure", False), (4, "success", False)])
+    with pytest.raises(ConnectionError):
+        eval_cmd.evaluate(ZeroPolicy(), env, cases=2, trial_budget=2, progress=eval_cmd.report_to(out))
+    data = json.loads(out.read_text())
+    assert data["complete"] is False
+    assert [(a["attempt"], a["label"]) for a in data["per_case"][0]["attempts"]] == [(1, "failure"), (2, "success")]
+    assert "case 0 attempt 2 (seed 0): success after 4 queries" in capsys.readouterr().out
+
+    results = eval_cmd.evaluate(ZeroPolicy(), ScriptedEnv([(3, "success", False)]), cases=1, trial_budget=1)
+    assert results.to_json()["complete"] is True
