@@ -256,11 +256,14 @@ def load_label_fn(path) -> Callable[[Mapping[str, Any]], float]:
     config, params = load(path)
     params = jax.device_put(params)
     apply = jax.jit(lambda p, images, state: jax.nn.sigmoid(logits(config, p, images, state)))
+    h, w = config.image_size
+    # compile now, not during the robot's first step (inputs always arrive at config.image_size)
+    apply(params, {c: np.zeros((1, h, w, 3), np.uint8) for c in config.cameras}, np.zeros((1, config.state_dim)))
 
     def success_probability(obs: Mapping[str, Any]) -> float:
         images = preprocess_images(config, obs["images"])
         batch = {c: img[None] for c, img in images.items()}
-        state = np.asarray(obs["state"], np.float32)[None] if config.state_dim else None
+        state = np.asarray(obs["state"], np.float32)[None] if config.state_dim else np.zeros((1, 0), np.float32)
         return float(apply(params, batch, state)[0])
 
     return success_probability

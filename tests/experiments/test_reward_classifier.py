@@ -223,13 +223,13 @@ def test_datasets_written_by_lerobot(require_fixture, name):
 # --------------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------------
-def small_config(**kw) -> rc.ClassifierConfig:
+def small_config(state_dim: int = 3, **kw) -> rc.ClassifierConfig:
     return rc.ClassifierConfig(
         cameras=("cam_high", "cam_left_wrist"),
         image_size=(16, 20),
-        state_dim=3,
-        state_mean=(0.0, 1.0, 2.0),
-        state_std=(1.0, 2.0, 0.5),
+        state_dim=state_dim,
+        state_mean=(0.0, 1.0, 2.0)[:state_dim],
+        state_std=(1.0, 2.0, 0.5)[:state_dim],
         conv_features=(4, 8),
         pool_grid=2,
         state_features=8,
@@ -238,18 +238,21 @@ def small_config(**kw) -> rc.ClassifierConfig:
     )
 
 
-def test_save_load_round_trip_gives_identical_logits(tmp_path):
-    config = small_config()
+@pytest.mark.parametrize("state_dim", [3, 0])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, state_dim):
+    config = small_config(state_dim)
     params = rc.init_params(config, jax.random.key(1))
     rng = np.random.default_rng(0)
     images = {c: rng.integers(0, 256, (5, 16, 20, 3), dtype=np.uint8) for c in config.cameras}
-    state = rng.standard_normal((5, 3)).astype(np.float32)
+    state = rng.standard_normal((5, state_dim)).astype(np.float32)
     rc.save(tmp_path / "clf", config, params, {"note": "test"})
     config2, params2 = rc.load(tmp_path / "clf")
     assert config2 == config
     np.testing.assert_array_equal(rc.logits(config2, params2, images, state), rc.logits(config, params, images, state))
     # the label function sees one env observation at its own size and preprocesses it like training did
-    obs = {"images": {c: rng.integers(0, 256, (24, 30, 3), dtype=np.uint8) for c in CAMERAS}, "state": state[0]}
+    obs = {"images": {c: rng.integers(0, 256, (24, 30, 3), dtype=np.uint8) for c in CAMERAS}, "state": np.ones(14)}
+    if state_dim:
+        obs["state"] = state[0]
     p = rc.load_label_fn(tmp_path / "clf")(obs)
     batch = {c: v[None] for c, v in rc.preprocess_images(config, obs["images"]).items()}
     assert isinstance(p, float)
