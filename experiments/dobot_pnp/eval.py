@@ -3,14 +3,19 @@
     python -m experiments.dobot_pnp.eval --config=configs/dobot_pnp.py:sim --checkpoint_path=PATH \
         [--config.eval.episodes=20] [--config.eval.trial_budget=3] [--config.eval.output=eval.json]
 
-N cases (initial conditions: case i resets with seed `eval.seed + i`); each case gets up to k attempts from its
-initial condition and stops at its first success. "success@j" is the fraction of cases solved within j attempts
-(the paper's test-time scaling, Hi-ORS §9.3); the success rate is success@1. An attempt succeeds when the episode
-is labelled success and no human intervened (an assisted success is reported as such, and counts as a failure).
+N = eval.episodes cases (initial conditions: case i resets with seed `seed + i`); each case gets up to
+k = eval.trial_budget attempts from its initial condition and stops at its first success. "success@j" is the
+fraction of cases solved within j attempts (the paper's test-time scaling, Hi-ORS §9.3); the success rate is
+success@1. An attempt succeeds when the episode is labelled success and no human intervened (an assisted success
+is reported as such, and counts as a failure).
 
 Against the simulated robot (`sim.enabled`) the robot runs in this process and its scripted human only labels,
-never takes over. Against the real robot the env listens for the robot PC and the operator labels each attempt
-with `s`/`f` + Enter, restoring the case's initial condition before each attempt.
+never takes over. Against the real robot the env listens on env.host:env.port for the robot PC; before each
+attempt the operator sets up (or restores) the case's initial condition and presses Enter, then labels the attempt
+as actor.labels says (keyboard by default: `s`/`f` + Enter). The policy gets the run's prompt (model.prompt; when
+empty, the robot's), as the actor does. Results: a table on stdout and a JSON file (eval.output, default
+<run>/eval/<checkpoint step or directory name>.json, rewritten after every attempt with `complete` false until the
+end), and with eval.videos one mp4 per attempt beside it (<name>_videos/case<i>_try<j>.mp4).
 
 Short episodes: the original drops episodes that end after <= 2 steps from its statistics. Here they are
 counted and flagged (`short` in the table and the JSON): the labels are the human's (or the sim's) verdict, and a
