@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import time
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
                            "dobot_pnp.py")  # fmt: skip
 STOP_GRACE_S = 120.0
+RUN_KEY_ENV = "HIORS_TRANSPORT_AUTH_KEY"  # set by role=all for its two processes when transport.auth_key is empty
 
 
 class UsageError(Exception):
@@ -83,9 +85,12 @@ def parse(argv: list[str]):
     spec = _config_spec(argv)
     _check_override_names(argv, _load_variant(spec))
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", f"{CONFIG_FILE}:hiors", "configs/dobot_pnp.py:<variant>", flag_values=fv)
+    full = [sys.argv[0], *argv]  # overrides are read from here (not sys.argv), so main(argv) works in-process
+    config_flags.DEFINE_config_file(
+        "config", f"{CONFIG_FILE}:hiors", "configs/dobot_pnp.py:<variant>", flag_values=fv, sys_argv=full
+    )
     try:
-        fv([sys.argv[0], *argv])
+        fv(full)
     except flags.Error as err:
         raise UsageError(str(err)) from None
     except (AttributeError, KeyError, TypeError, ValueError) as err:
@@ -108,6 +113,26 @@ def help_text(argv: list[str]) -> str:
         doc = DOCS.get(path) or DOCS.get(path.rsplit(".", 1)[0], "")
         lines.append(f"  {path:<{width}}  {value!r:<24} {doc}")
     return "\n".join(lines)
+
+
+def config_table() -> str:
+    """The README's config table: every field, its value for the real robot (hiors; sac for SAC-only fields),
+    the sim variant's where it differs, and its meaning (`python -m experiments.dobot_pnp --config_table`)."""
+    from configs import dobot_pnp
+
+    def cell(value) -> str:
+        return "`None`" if value is None else f"`{value!r}`" if isinstance(value, str) else f"`{value}`"
+
+    real, sac = _leaf_paths(dobot_pnp.get_config("hiors")), _leaf_paths(dobot_pnp.get_config("sac"))
+    sim, sac_sim = _leaf_paths(dobot_pnp.get_config("sim")), _leaf_paths(dobot_pnp.get_config("sac_sim"))
+    rows = ["| field | real robot (hiors) | sim | meaning |", "|---|---|---|---|"]
+    for path, doc in dobot_pnp.DOCS.items():
+        base, small = (real, sim) if path in real else (sac, sac_sim)
+        value = base.get(path, "(section)")
+        other = small.get(path, value)
+        shown = cell(value) if path in base else "(section)"
+        rows.append(f"| `{path}` | {shown} | {'' if other == value else cell(other)} | {doc.replace('|', '/')} |")
+    return "\n".join(rows)
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -163,8 +188,18 @@ def run_all(s, argv: list[str], stop: threading.Event) -> int:
 
     build.prepare_workdir(s)
     build.tokenizer_path(s)  # trained once here, so both processes read the same file
+    for port in (s.transport.port_number, s.transport.broadcast_port):
+        if _port_open(s.cfg.transport.host, port):
+            raise UsageError(
+                f"--config.transport: port {port} on {s.cfg.transport.host} is in use (another run's learner?); "
+                "choose free --config.transport.port / --config.transport.broadcast_port"
+            )
+    # A key of this run's own: its actor cannot talk to another run's learner on the same ports, nor the reverse.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not s.cfg.transport.auth_key:
+        env[RUN_KEY_ENV] = secrets.token_hex(16)
     learner = subprocess.Popen(_child_argv(argv, "learner"), env=env)
+    _wait_for_port(s.cfg.transport.host, s.transport.port_number, learner, stop)
     actor = subprocess.Popen(_child_argv(argv, "actor"), env=dict(env, HIORS_PROGRESS_POSITION="1"))
     deadline = time.monotonic() + s.cfg.max_seconds if s.cfg.max_seconds else None
     why = ""
@@ -181,8 +216,29 @@ def run_all(s, argv: list[str], stop: threading.Event) -> int:
     print(f"\n{why}: stopping the actor, then the learner", file=sys.stderr, flush=True)
     actor_rc = _terminate(actor, STOP_GRACE_S)
     learner_rc = _terminate(learner, STOP_GRACE_S)
+    failed = [f"{name} exited with {rc} (see {s.workdir / 'logs' / name}.log)"
+              for name, rc in (("actor", actor_rc), ("learner", learner_rc)) if rc != 0]  # fmt: skip
+    if failed:
+        print("error: " + "; ".join(failed), file=sys.stderr, flush=True)
+        return 1
     print(summary(s), flush=True)
-    return 0 if actor_rc in (0, -signal.SIGTERM) and learner_rc == 0 else 1
+    return 0
+
+
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen, stop: threading.Event) -> None:
+    """Start the actor once the learner listens (it would only log retries before), or if the learner died."""
+    while proc.poll() is None and not stop.is_set():
+        if _port_open(host, port):
+            return
+        time.sleep(0.5)
+
+
+def _port_open(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def summary(s) -> str:
@@ -213,6 +269,9 @@ def _variant_spec(s) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--config_table"]:
+        print(config_table())
+        return 0
     if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv):
         try:
             print(help_text(argv))
@@ -237,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         timer.start()
     try:
         return _dispatch(s, argv, stop)
-    except ConfigError as err:
+    except (ConfigError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,8 @@ from experiments.dobot_pnp.settings import Settings
 from hiors_jax.train.actor import Actor
 
 log = logging.getLogger("experiments.dobot_pnp.actor")
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless: MuJoCo renders the sim cameras through EGL
 FLUSH_TIMEOUT_S = 60.0
 
 
@@ -115,7 +117,7 @@ def run(s: Settings, stop: threading.Event, progress_position: int = 0) -> int:
         data_stores={"actor_env": queue},
         wait_for_server=True,
         timeout_ms=int(s.cfg.transport.timeout_ms),
-        auth_key=s.cfg.transport.auth_key or None,
+        auth_key=s.auth_key,
     )
     slot = ParamsSlot()
     client.recv_network_callback(slot.set, with_version=True)
@@ -180,7 +182,8 @@ def _flush(client, queue) -> None:
     """Push what is queued; the learner acknowledges once it has persisted it (its next checkpoint)."""
     deadline = time.monotonic() + FLUSH_TIMEOUT_S
     while len(queue) and time.monotonic() < deadline:
-        client.update()
+        if not client.update():
+            break  # the learner is gone (it stopped first): the journal keeps everything for the next run
         time.sleep(0.5)
     if len(queue):
         log.warning("%d transitions not yet acknowledged stay in the actor's journal for the next run", len(queue))

@@ -3,6 +3,7 @@ params to actors, orbax checkpoints, tensorboard, and the exported policy at the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import threading
@@ -118,7 +119,7 @@ def run(s: Settings, stop: threading.Event) -> int:
         server = TrainerServer(
             s.transport,
             request_callback=episode_stats,
-            auth_key=s.cfg.transport.auth_key or None,
+            auth_key=s.auth_key,
             bind_host="127.0.0.1" if local else "0.0.0.0",
             ack="persist",
         )
@@ -131,7 +132,9 @@ def run(s: Settings, stop: threading.Event) -> int:
     def batches() -> Iterator:
         if s.needs_actors and not _wait_for_sources(s, replay, windows, stop):
             return
-        loaders.append(BatchLoader(windows, s.pipeline, config, tok, stats))
+        # SAC draws critic_steps model batches per update
+        pipeline = dataclasses.replace(s.pipeline, batch_size=s.learner.batch_size * agent.batch_multiple)
+        loaders.append(BatchLoader(windows, pipeline, config, tok, stats))
         yield from loaders[0]
 
     hooks = learner_lib.replay_hooks(replay) if replay is not None else (None, None)

@@ -8,6 +8,7 @@ on the command line (`--config.learner.batch_size`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -102,6 +103,11 @@ class Settings:
         return [pathlib.Path(p.strip()).expanduser() for p in self.cfg.data.demos.split(",") if p.strip()]
 
     @property
+    def auth_key(self) -> str | None:
+        """transport.auth_key, else the per-run key `--config.role=all` gives its two processes."""
+        return self.cfg.transport.auth_key or os.environ.get("HIORS_TRANSPORT_AUTH_KEY") or None
+
+    @property
     def needs_actors(self) -> bool:
         """sft trains offline on demos; hiors and sac learn from what actors send."""
         return self.algorithm != "sft"
@@ -116,7 +122,7 @@ class Settings:
             raise _fail("run_name", f"{cfg.run_name!r} must be a non-empty name without '/'")
         if cfg.max_seconds < 0:
             raise _fail("max_seconds", f"must be >= 0 (0: no limit), got {cfg.max_seconds}")
-        _check_model(cfg.model)
+        _check_model(cfg.model, uses_model=not cfg.variant.startswith("collect"))
         learner_values = _plain(cfg.learner)
         min_frames = learner_values.pop("min_accepted_frames")
         if min_frames < 1:
@@ -203,7 +209,7 @@ def _none_if_zero(agent: dict) -> None:
                 value["clip_grad_norm"] = None
 
 
-def _check_model(model) -> None:
+def _check_model(model, uses_model: bool) -> None:
     if model.preset not in PRESETS:
         raise _fail("model.preset", f"{model.preset!r} is not one of {sorted(PRESETS)}")
     if model.dtype not in DTYPES:
@@ -217,7 +223,7 @@ def _check_model(model) -> None:
         raise _fail("model.max_token_len", f"must be >= 0 (0: the preset's), got {model.max_token_len}")
     if model.tokenizer and not pathlib.Path(model.tokenizer).expanduser().is_file():
         raise _fail("model.tokenizer", f"{model.tokenizer} is not a file")
-    if not model.tokenizer and "tiny" not in model.preset:
+    if uses_model and not model.tokenizer and "tiny" not in model.preset:
         raise _fail("model.tokenizer", f"preset {model.preset!r} needs the PaliGemma tokenizer model (a path)")
     stats = model.norm_stats
     if stats not in ("auto", "identity", "demos") and not pathlib.Path(stats).expanduser().exists():
