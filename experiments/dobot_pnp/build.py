@@ -247,8 +247,8 @@ def policy_params_from_checkpoint(step_dir: pathlib.Path) -> dict:
         raise FileNotFoundError(f"{step_dir} is not a learner checkpoint step (no state/ item)")
     with ocp.StandardCheckpointer() as ckptr:
         state = ckptr.restore(step_dir / "state")
-    tree = state.get("ema_params") or state["params"]
-    return tree["actor"]
+    ema = state.get("ema_params")  # the EMA is of the policy (actor) params alone
+    return ema if ema else state["params"]["actor"]
 
 
 def load_run_policy(path: str | os.PathLike) -> tuple[Pi0Config, dict, dict, pathlib.Path, str | None]:

@@ -29,7 +29,7 @@ def label_source(s: Settings):
         return labels.RobotLabels()
     if s.labels == "keyboard":
         return labels.KeyboardLabels()
-    from hiors_jax.models.reward_classifier import load_label_fn  # noqa: PLC0415 (optional until used)
+    from hiors_jax.models.reward_classifier import load_label_fn
 
     return labels.ClassifierLabels(load_label_fn(s.cfg.actor.classifier_path), s.cfg.actor.classifier_threshold)
 
@@ -68,9 +68,9 @@ def robot_env(s: Settings, video_dir: pathlib.Path | None):
         else:
             yield env
     finally:
+        base.close()  # first: the sim's thread waits on the env's reply, and a closed env ends that wait
         if sim is not None:
             sim.stop()
-        base.close()
 
 
 class EpisodeCounter:

@@ -157,9 +157,8 @@ def run(s: Settings, stop: threading.Event) -> int:
     final = learner.state
     try:
         final = learner.run(stop)
-    except StopIteration:  # stopped while waiting for the first data: nothing was trained
-        log.warning("stopped before any data arrived")
-        learner.close()
+    except StopIteration:  # stopped while waiting for the first data (run() has closed the learner)
+        log.warning("stopped before any data arrived: nothing was trained")
     finally:
         for loader in loaders:
             loader.close()

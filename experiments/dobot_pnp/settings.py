@@ -155,6 +155,9 @@ class Settings:
             labels = "robot" if cfg.sim.enabled else "keyboard"
         if labels == "classifier" and not cfg.actor.classifier_path:
             raise _fail("actor.classifier_path", "actor.labels=classifier needs the classifier's directory")
+        classifier = pathlib.Path(cfg.actor.classifier_path).expanduser()
+        if labels == "classifier" and not (classifier / "reward_classifier.json").is_file():
+            raise _fail("actor.classifier_path", f"{classifier} holds no reward_classifier.json (a trained classifier)")
         if not 0 < cfg.actor.classifier_threshold < 1:
             raise _fail("actor.classifier_threshold", f"must be in (0, 1), got {cfg.actor.classifier_threshold}")
         for field in ("actor.episodes", "collect.episodes", "eval.episodes", "eval.trial_budget"):
@@ -327,6 +330,10 @@ def _transport(transport) -> TrainerConfig:
         ) from None  # fmt: skip
     if transport.timeout_ms < 1:
         raise _fail("transport.timeout_ms", f"must be >= 1, got {transport.timeout_ms}")
+    if transport.auth_key and len(transport.auth_key.encode()) < 16:
+        raise _fail(
+            "transport.auth_key", "must be at least 16 bytes (python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     if transport.host not in LOCAL_HOSTS and not transport.auth_key:
         raise _fail("transport.auth_key", f"the learner at {transport.host!r} is not local: set a shared auth_key")
     return config

@@ -11,6 +11,8 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -73,7 +75,7 @@ def out(tmp_path_factory) -> pathlib.Path:
 def demos(out) -> pathlib.Path:
     command("collect_sim", out, "--config.collect.episodes=3")
     root = out / "dobot_pnp_collect_sim" / "demos"
-    with LeRobotDataset(root / "accepted") as accepted:
+    with closing(LeRobotDataset(root / "accepted")) as accepted:
         assert accepted.meta.total_episodes == 3  # the scripted human drives from the start: every one succeeds
         assert accepted.features["action"]["shape"] == [50, 14]  # relabelled targets: 50 recorded states
     return root / "accepted"
@@ -94,15 +96,18 @@ def sft_policy(out, demos) -> pathlib.Path:
 
 def test_hiors_sim_from_the_sft_policy_then_resumed(out, sft_policy):
     first = command("sim", out, f"--config.model.init=openpi:{sft_policy}", "--config.learner.max_steps=20",
-                    "--config.max_seconds=300", "--config.actor.videos=True")  # fmt: skip
+                    "--config.agent.optimizer.decay_steps=20", "--config.max_seconds=300",
+                    "--config.actor.videos=True")  # fmt: skip
     run = out / "dobot_pnp_sim"
     assert "learner: stopped at step 20" in first.stdout
     for where in ("tensorboard", "checkpoints", "policy", "replay/online", "replay/accepted"):
         assert where in first.stdout  # the summary tells the user where things are
     assert checkpoint_steps(run)[-1] == 20
-    with LeRobotDataset(run / "replay" / "online") as online, LeRobotDataset(run / "replay" / "accepted") as acc:
-        assert online.meta.total_episodes >= 1 and acc.meta.total_episodes >= 1
-        assert acc.meta.total_frames <= online.meta.total_frames
+    with closing(LeRobotDataset(run / "replay" / "online")) as online:
+        online_episodes, online_frames = online.meta.total_episodes, online.meta.total_frames
+    with closing(LeRobotDataset(run / "replay" / "accepted")) as acc:
+        assert online_episodes >= 1 and acc.meta.total_episodes >= 1
+        assert acc.meta.total_frames <= online_frames
     assert list((run / "videos" / "actor-0").glob("episode_*.mp4"))
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["init"] == f"openpi:{sft_policy}"
@@ -110,7 +115,7 @@ def test_hiors_sim_from_the_sft_policy_then_resumed(out, sft_policy):
     assert scalars(run / "tensorboard", "environment/episode/length")  # the actor's stats, logged by the learner
     # The same command again resumes: the learner restores step 20 and trains on to the new max_steps.
     second = command("sim", out, f"--config.model.init=openpi:{sft_policy}", "--config.learner.max_steps=30",
-                     "--config.max_seconds=300")  # fmt: skip
+                     "--config.agent.optimizer.decay_steps=20", "--config.max_seconds=300")  # fmt: skip
     assert "learner: stopped at step 30" in second.stdout
     assert "resumed from" in (run / "logs" / "learner.log").read_text()
     config, params, stats, tok, prompt = build.load_run_policy(run / "checkpoints" / "30")
@@ -129,8 +134,10 @@ def test_sac_sim_on_demos_and_online_data(out, demos):
 def test_start_scripts_run_learner_and_actor_as_two_machines(out, tmp_path):
     port, bport = free_ports(2)
     common = [f"--config.output_dir={tmp_path}", f"--config.transport.port={port}", *SMALL,
-              f"--config.transport.broadcast_port={bport}", "--config.transport.auth_key=shared-secret",
-              "--config.learner.max_steps=10", "--config.max_seconds=240"]  # fmt: skip
+              f"--config.transport.broadcast_port={bport}", "--config.transport.auth_key=secret-of-24-characters",
+              "--config.learner.max_steps=10", "--config.agent.optimizer.decay_steps=10",
+              "--config.agent.optimizer.warmup_steps=2",
+              "--config.max_seconds=240"]  # fmt: skip
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONPATH=str(ROOT), VARIANT="sim", PYTHON=sys.executable)
     learner = subprocess.Popen(["scripts/start_learner.sh", *common], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -157,6 +164,13 @@ def test_the_trained_policy_serves_openpi_clients(out, sft_policy):
                                f"--port={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
+        deadline = time.monotonic() + 120  # the server loads and compiles before it listens
+        while server.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        assert server.poll() is None, server.communicate()[0][-3000:]
         client = WebsocketClientPolicy(host="127.0.0.1", port=port)
         rng = np.random.default_rng(0)
         obs = {

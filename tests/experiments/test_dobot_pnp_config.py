@@ -80,6 +80,7 @@ def test_help_lists_fields_with_the_variants_values(capsys):
         ("--config.env.port=70000", r"--config\.env\.port: must be in \[0, 65535\]"),
         ("--config.transport.port=5589", r"--config\.transport\.port and broadcast_port must differ"),
         ("--config.transport.host=10.0.0.2", r"--config\.transport\.auth_key"),
+        ("--config.transport.auth_key=short", r"--config\.transport\.auth_key: must be at least 16 bytes"),
         ("--config.env.host=0.0.0.0", r"--config\.env\.api_key"),
         ("--config.actor.labels=classifier", r"--config\.actor\.classifier_path"),
         ("--config.agent.optimizer.warmup_steps=99999", r"agent\.optimizer\.warmup_steps=99999 is longer than"),
