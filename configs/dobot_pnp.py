@@ -331,6 +331,7 @@ def _make_sim(c: ml_collections.ConfigDict, base: str) -> None:
     c.sim.enabled = True
     c.sim.task = "easy"
     c.actor.labels = "robot"
+    c.actor.videos = True
     c.transport.port = 5588
     c.transport.broadcast_port = 5589
     c.eval.episodes = 10
