@@ -114,6 +114,9 @@ DOCS = {
     "sim.render": "render cameras with MuJoCo (False: blank images, for speed in tests)",
     "sim.takeover": "the scripted human takes over a stalled or drifting policy (False: it only labels)",
     "sim.drive_from_start": "the scripted human drives whole episodes (data collection)",
+    "sim.teleop_steps": "chunk steps (0.1 s each) the sim runs per query while the human drives; 2: the sim's clock "
+    "stands still during a query, so 1 step would record one state row and the no-op filter would drop it (the "
+    "real robot keeps moving during the query latency)",
     "sim.patience_s": "robot time the scripted human waits before judging the policy stalled (None: the task's)",
     "actor.actor_id": "this actor's name in transitions and datasets (one per actor machine)",
     "actor.episodes": "episodes the actor runs (0: until stopped)",
@@ -249,6 +252,7 @@ def base_config() -> ml_collections.ConfigDict:
         render=True,
         takeover=True,
         drive_from_start=False,
+        teleop_steps=2,
         patience_s=config_dict.placeholder(float),
     )
     c.actor = _section(

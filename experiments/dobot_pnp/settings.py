@@ -308,8 +308,11 @@ def _sim(cfg) -> SimServeConfig:
         human.validate()
     except ValueError as err:
         raise ConfigError(str(err).replace("HumanConfig.", "--config.sim.")) from None
+    if not 1 <= sim.teleop_steps <= 50:
+        raise _fail("sim.teleop_steps", f"must be in [1, 50], got {sim.teleop_steps}")
     return SimServeConfig(
         task=sim.task,
+        teleop_steps=int(sim.teleop_steps),
         image_size=tuple(cfg.env.image_size),
         api_key=cfg.env.api_key or None,
         seed=int(cfg.seed),
