@@ -206,16 +206,20 @@ def tiny_config(pi05: bool = False, **changes) -> Pi0Config:
     return Pi0Config(**defaults)
 
 
-SIM_VLM = GemmaConfig(width=128, depth=2, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32)
-SIM_EXPERT = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32)
+SIM_VLM = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16)
+SIM_EXPERT = GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16)
 SIM_VISION = SiglipConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch_size=16, image_size=64)
 
 
 def sim_config(**changes) -> Pi0Config:
-    """PI0 small enough to learn the simulated X-Trainer's tasks on a CPU (benchmarks/sim_hiors.py): the real
-    architecture (3 cameras, shared-attention experts, GQA, flow matching over 50x32) at 64x64 images in 8x8 patches
-    (64 tokens per camera: the 5 cm target ball stays 2-4 px wide), two layers per tower, f32 compute and no
-    rematerialisation (both only cost time at this size)."""
+    """PI0 small enough to train on the simulated X-Trainer on a CPU (benchmarks/sim_hiors.py): the real architecture
+    (3 cameras, shared-attention experts, GQA, flow matching over 50x32) at 64x64 images in 16x16 patches, two
+    layers per tower (vision 64 wide, LM 64, action expert 32), f32 compute and no rematerialisation.
+
+    Why: a training step's cost grows with prefix tokens x LM width. Measured at batch 32 on 2 CPU cores: 8x8
+    patches (64 tokens per camera) with an LM 128 wide took 740 ms a step, 16x16 patches 200 ms, and halving the
+    widths about 130 ms at batch 16, so a few thousand updates fit in minutes. 64 px keeps the 5 cm target ball
+    2-4 px wide in the top camera."""
     defaults = dict(
         vlm=SIM_VLM,
         expert=SIM_EXPERT,
