@@ -219,7 +219,7 @@ def evaluate(cfg: BenchConfig, policy, params, trials: int, key) -> dict:
     errors = []
     with eval_lib.sim_robot_env(env_config, sim_config) as (env, robot):
 
-        def progress(attempt) -> None:  # the sim is idle here: the bridge waits for the env's next reply
+        def progress(_results, attempt) -> None:  # the sim is idle: the bridge waits for the env's next reply
             if cfg.task == "easy" and attempt.attempt == 1:
                 errors.append(robot.bridge.io.sim.left_tcp_error())
 
@@ -243,7 +243,10 @@ def make_agent(algorithm: str, model, lr: float, steps: int):
                           schedule="warmup_cosine")  # fmt: skip
     if algorithm == "sac":
         return sac.make_agent(model, sac.SacConfig(actor_optimizer=opt, discount=0.97, num_sample_steps=5))
-    flow = hiors.FlowConfig(trained_action_dims=ROBOT_DIMS, optimizer=opt)
+    # The padded tail of a target repeats the episode's last recorded state: "stay there". The sim's episodes
+    # end a few rows after the goal is reached while the robot executes 20 rows of every chunk, so the tail is
+    # trained on, as the original does (masking it leaves the executed rows past an episode's end unsupervised).
+    flow = hiors.FlowConfig(trained_action_dims=ROBOT_DIMS, mask_padding=False, optimizer=opt)
     return (hiors.make_agent if algorithm == "hiors" else sft.make_agent)(model, flow)
 
 
