@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import jax
@@ -21,6 +22,21 @@ def action_stats(scale: float = 1.0, shift: float = 0.0) -> preprocessing.NormSt
     mean = np.arange(ROBOT_DIM) * 0.25 - 1.0 + shift
     std = (0.5 + 0.1 * np.arange(ROBOT_DIM)) * scale
     return preprocessing.NormStats(mean=mean, std=std, q01=mean - 2 * std, q99=mean + 2 * std)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The commands' main() set up process-wide logging (root level and handlers, quiet loggers); tests call
+    them in-process, so put it back for whatever test runs next."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lg in logging.root.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(levels.get(name, logging.NOTSET))
 
 
 @pytest.fixture(scope="session")
