@@ -34,6 +34,7 @@ sampling never decodes video.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -522,6 +523,28 @@ def _read_scalar_columns(root: pathlib.Path, columns: Sequence[str]) -> dict[str
 class _OpenEpisode:
     episode_id: int
     transitions: list[dict[str, Any]]
+    fingerprints: set[bytes] = dataclasses.field(default_factory=set)  # of `transitions`, to spot resends
+
+
+def _fingerprint(t: Mapping[str, Any]) -> bytes:
+    """Digest of a validated transition's content (names, dtypes, shapes, bytes): equal for the same
+    transition however it arrived (first send, resend, spill file)."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(name: str, value: Any) -> None:
+        h.update(name.encode() + b"\0")
+        if isinstance(value, Mapping):
+            for key in sorted(value):
+                feed(f"{name}.{key}", value[key])
+        elif isinstance(value, np.ndarray):
+            h.update(f"{value.dtype.str}{value.shape}".encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            h.update(repr(value).encode())
+
+    for key in sorted(t):
+        feed(key, t[key])
+    return h.digest()
 
 
 class ReplayStore:
@@ -544,9 +567,12 @@ class ReplayStore:
     is paid once per 10 episodes (call `close()` at the end; a crash before is rolled forward at start).
 
     The sending actor's episode ids must increase; a new id while its previous episode is open commits that
-    one as truncated (the actor restarted). Thread-safe: `insert` may run on the transport's thread while
-    the learner samples. `insert` raises TransitionError (a ValueError) for a bad transition and leaves
-    everything stored and buffered as it was; the stored datasets are only ever appended to.
+    one as truncated (the actor restarted). A transition identical to one its open episode already holds is a
+    resend and is dropped (counted in `resent_duplicates`): after a learner restart the transport marks come
+    from the last checkpoint, older than the spill files, and the actor sends again what came after them (a
+    resend of a committed episode is refused by the episode-id rule). Thread-safe: `insert` may run on the
+    transport's thread while the learner samples. `insert` raises TransitionError (a ValueError) for a bad
+    transition and leaves everything stored and buffered as it was; the stored datasets are only ever appended to.
     """
 
     def __init__(
@@ -586,6 +612,7 @@ class ReplayStore:
         self.window_dir = pathlib.Path(window_dir) if window_dir is not None else self.root / "window"
         self.counters = AcceptanceCounters()
         self.abandoned_episodes = 0
+        self.resent_duplicates = 0
         self._lock = threading.RLock()
         self._open: dict[str, _OpenEpisode] = {}
         self._last_episode: dict[str, int] = {}
@@ -643,6 +670,12 @@ class ReplayStore:
                     f"field 'episode_id': actor {actor!r} sent episode {episode_id} while episode "
                     f"{current.episode_id} is open (episode ids must increase per actor)"
                 )
+            fingerprint = _fingerprint(t)
+            if current is not None and episode_id == current.episode_id and fingerprint in current.fingerprints:
+                # Already held (spilled before a learner crash whose checkpoint had older marks): exactly once.
+                self.resent_duplicates += 1
+                log.info("actor %s episode %d: dropped a resent transition already held", actor, episode_id)
+                return
             if current is not None and episode_id > current.episode_id:
                 # The actor started a new episode without ending the last (it restarted): keep what it sent.
                 log.warning("actor %s: episode %d never ended; committing it as truncated", actor, current.episode_id)
@@ -654,6 +687,7 @@ class ReplayStore:
             if current is None:
                 current = self._open[actor] = _OpenEpisode(episode_id, [])
             current.transitions.append(t)
+            current.fingerprints.add(fingerprint)
             if t["done"] or t["truncated"]:
                 self._commit(actor)
 
@@ -707,7 +741,7 @@ class ReplayStore:
             if self.spec is None:
                 self.spec = TransitionSpec.from_transition(fresh[0])
                 self._make_windows()
-            self._open[actor] = _OpenEpisode(fresh[0]["episode_id"], fresh)
+            self._open[actor] = _OpenEpisode(fresh[0]["episode_id"], fresh, {_fingerprint(t) for t in fresh})
             self.recovery_log.append(f"open episode {fresh[0]['episode_id']} of {actor}: {len(fresh)} transitions")
             if fresh[-1]["done"] or fresh[-1]["truncated"]:
                 self._commit(actor)
@@ -717,6 +751,7 @@ class ReplayStore:
         out["replay/online_frames"] = self.online_frames
         out["replay/open_transitions"] = self.open_transitions
         out["replay/abandoned_episodes"] = self.abandoned_episodes
+        out["replay/resent_duplicates"] = self.resent_duplicates
         for name, window in self.windows.items():
             out[f"replay/window_{name}_frames"] = len(window)
         return out

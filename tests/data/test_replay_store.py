@@ -291,3 +291,82 @@ def test_saved_episodes_published_in_batches_and_after_a_crash(tmp_path):
         s2.insert(t)
     s2.close()
     assert LeRobotDataset(tmp_path / "online").meta.total_episodes == 5
+
+
+def test_resent_transitions_of_a_reopened_episode_are_stored_once(tmp_path):
+    """A learner killed while inserting an upload has spilled part of an episode whose transport marks were never
+    persisted: the actor sends the whole episode again to the restarted learner. Each transition is stored once."""
+    rng = np.random.default_rng(8)
+    sent = make_episode(rng, 6, success=True, episode_id=2)
+    s = store(tmp_path)
+    for t in sent[:4]:
+        s.insert(t)
+    s2 = store(tmp_path)  # the first store is abandoned, as the killed learner's was
+    assert s2.open_transitions == 4
+    for t in sent:  # resent from the start of the episode (the restored marks are older than the spill)
+        s2.insert(t)
+    assert s2.resent_duplicates == 4 and s2.stats()["replay/resent_duplicates"] == 4
+    online = read_all(tmp_path / "online")
+    assert online["complementary_info.episode_id"].reshape(-1).tolist() == [2] * 6
+    np.testing.assert_array_equal(online["observation.state"], np.stack([t["state"] for t in sent]))
+    for cam in CAMERAS:
+        np.testing.assert_array_equal(online[f"observation.images.{cam}"], np.stack([t["images"][cam] for t in sent]))
+
+
+def test_learner_restart_from_older_marks_duplicates_nothing(tmp_path):
+    """The real transport with ack="persist": marks persisted after 3 transitions, 2 more inserted (spilled), then the
+    learner dies before its next checkpoint. The restarted learner restores the persisted marks, the actor resends
+    what came after them, and the replay holds every transition exactly once."""
+    import socket
+
+    from hiors_jax.transport import QueuedDataStore, TrainerClient, TrainerConfig, TrainerServer
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    config = TrainerConfig(ports[0], ports[1], [])
+    rng = np.random.default_rng(9)
+    sent = make_episode(rng, 7, success=True, episode_id=0)
+    queue = QueuedDataStore(100, spill_dir=tmp_path / "actor_spill")
+    clients, servers = [], []
+
+    def learner():
+        s = store(tmp_path / "replay")
+        server = TrainerServer(config, ack="persist")
+        server.register_data_store("actor_env", s)
+        servers.append(server)
+        return s, server
+
+    try:
+        s, server = learner()
+        server.start(threaded=True)
+        clients.append(TrainerClient("actor_env", "localhost", config, data_stores={"actor_env": queue},
+                                     timeout_ms=3000))  # fmt: skip
+        for t in sent[:3]:
+            queue.insert(t)
+        assert clients[0].update()
+        marks = server.persist()  # the checkpoint's marks
+        for t in sent[3:5]:
+            queue.insert(t)
+        assert clients[0].update()
+        assert s.open_transitions == 5
+        server.stop()  # "killed" before the next checkpoint: marks of the last 2 never persisted
+        clients[0].stop()
+        s2, server2 = learner()
+        server2.restore_marks(marks)
+        server2.start(threaded=True)
+        clients.append(TrainerClient("actor_env", "localhost", config, data_stores={"actor_env": queue},
+                                     timeout_ms=3000))  # fmt: skip
+        for t in sent[5:]:
+            queue.insert(t)
+        assert clients[1].update()
+        assert s2.resent_duplicates == 2, "the actor resent what the restored marks did not cover"
+        online = read_all(tmp_path / "replay" / "online")
+        np.testing.assert_array_equal(online["observation.state"], np.stack([t["state"] for t in sent]))
+    finally:
+        for c in clients:
+            c.stop()
+        for srv in servers:
+            srv.stop()
