@@ -674,7 +674,7 @@ class ReplayStore:
             if current is not None and episode_id == current.episode_id and fingerprint in current.fingerprints:
                 # Already held (spilled before a learner crash whose checkpoint had older marks): exactly once.
                 self.resent_duplicates += 1
-                log.info("actor %s episode %d: dropped a resent transition already held", actor, episode_id)
+                log.warning("actor %s episode %d: dropped a resent transition already held", actor, episode_id)
                 return
             if current is not None and episode_id > current.episode_id:
                 # The actor started a new episode without ending the last (it restarted): keep what it sent.
