@@ -34,6 +34,13 @@ robot the human keeps driving during the ~0.4 s query latency (several rows per 
 therefore executes 2 chunk steps per teleop query (`--teleop-steps 2`, 0.2 s, 2 rows), closer to the real
 robot's 0.1 s + latency.
 
+Measured (2026-12, 2 shared CPU cores, defaults, 3 seeds): 53 min wall. No method reaches the target: the
+from-scratch SFT base (1500 updates) ends 17-25 cm from the ball (holding still: 15 cm), so its chunks are not yet
+a reaching policy, and a few hundred further updates change little (Hi-ORS and its no-filter ablation end closest,
+15-17 cm; SAC drifts to 34 cm). The loss of the online Hi-ORS variants is large because the policy's states lie
+far outside the demos' norm stats. Reaching >= 90 % needs a base that reaches first (many more updates, i.e. a
+GPU: raise --base-updates / --updates-per-round); `transfer` episodes are ~5x longer (36 transitions per demo).
+
 Outputs under --out: `results.json`, `results.md` (the table), `success_vs_frames.png`, tensorboard event files
 under `tensorboard/<method>/seed<k>/` (`eval/success` against frames, training losses against updates).
 """
@@ -442,7 +449,7 @@ def markdown(cfg: BenchConfig, summary: dict, per_seed: dict, wall_s: float) -> 
         "",
         "| method | online frames | success@1 | "
         + " | ".join(f"success@{k}" for k in range(2, cfg.trials + 1))
-        + " | accepted / episodes | interventions | minutes per seed |",
+        + " | accepted / episodes | interventions | minutes per method and seed |",
         "|---|---|---|" + "---|" * (cfg.trials - 1) + "---|---|---|",
     ]
     for name, e in summary.items():
