@@ -124,7 +124,6 @@ def run(s: Settings, stop: threading.Event) -> int:
             ack="persist",
         )
         server.register_data_store("actor_env", replay)
-        server.start(threaded=True)
         log.warning("learner listening on ports %d / %d", s.transport.port_number, s.transport.broadcast_port)
 
     loaders: list[BatchLoader] = []
@@ -150,6 +149,8 @@ def run(s: Settings, stop: threading.Event) -> int:
         restore=restore,
     )
     episode_stats.metrics = learner.metrics
+    if server is not None:
+        server.start(threaded=True)  # after the Learner restored the checkpoint's transport marks
     if learner.resumed_from is not None:
         log.warning("resumed from %s step %d", s.workdir / "checkpoints", learner.resumed_from)
     if learner.resumed_from is not None and learner.resumed_from >= s.learner.max_steps:

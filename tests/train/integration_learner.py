@@ -42,7 +42,6 @@ def main(workdir: pathlib.Path, port: int, bport: int) -> None:
     state = agent.init({"actor": params}, jax.random.PRNGKey(0))
     persist, stats = learner_lib.replay_hooks(replay)
     tok = PaligemmaTokenizer(train_tiny_tokenizer(workdir / "tok.model", PROMPTS, 40), model.max_token_len)
-    server.start(threaded=True)
     loaders = []
 
     def batches():
@@ -57,6 +56,7 @@ def main(workdir: pathlib.Path, port: int, bport: int) -> None:
     learner = learner_lib.Learner(
         cfg, agent, state, batches(), workdir=workdir, server=server, replay_persist=persist, replay_stats=stats
     )
+    server.start(threaded=True)  # after the Learner restored the checkpoint's transport marks
     print(f"resumed_from {learner.resumed_from}", flush=True)
     try:
         final = learner.run(stop)
