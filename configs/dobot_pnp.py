@@ -323,6 +323,9 @@ def _make_sim(c: ml_collections.ConfigDict, base: str) -> None:
         c.learner.actor_training_starts = 50
     else:
         c.agent.optimizer = fast
+        # Sim episodes record ~12 state rows while the robot executes 20 of every chunk: train the padded tail (the
+        # last recorded state, "stay there") as the original does, or most executed rows are never supervised.
+        c.agent.mask_padding = False
     if base == "sft":
         c.learner.checkpoint_every = 100
     c.pipeline.augment = False
