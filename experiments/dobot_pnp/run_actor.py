@@ -17,8 +17,6 @@ from experiments.dobot_pnp.settings import Settings
 from hiors_jax.train.actor import Actor
 
 log = logging.getLogger("experiments.dobot_pnp.actor")
-if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless: MuJoCo renders the sim cameras through EGL
 FLUSH_TIMEOUT_S = 60.0
 
 
