@@ -322,7 +322,7 @@ def run_seed(cfg: BenchConfig, seed: int, work: pathlib.Path, tb: pathlib.Path, 
     demo_store.close()
     demo_window = demo_store.window("accepted")
     base_frames = sum(e["length"] for e in demo_eps)
-    stats = norm_stats_from_windows([demo_window])
+    stats = norm_stats_from_windows([demo_window], min_std=0.05)  # the idle right arm: see its docstring
     results["demos"] = {"episodes": len(demo_eps), "frames": base_frames,
                         "successes": sum(e["label"] == "success" for e in demo_eps)}  # fmt: skip
     log(f"seed {seed}: {len(demo_eps)} demos, {base_frames} frames, {len(demo_window)} kept "

@@ -42,6 +42,8 @@ DOCS = {
     "model.tokenizer": "PaliGemma SentencePiece model; empty: a tiny one trained on the prompts (tiny presets only)",
     "model.norm_stats": "state/action normalisation: auto (the init checkpoint's assets, else identity) | identity | "
     "demos (computed from data.demos; learner-only runs) | PATH to a norm_stats.json",
+    "model.norm_min_std": "norm_stats=demos: floor of each dim's std (robot units); a dim the demos never move (the "
+    "idle arm) would otherwise blow any later movement up to huge normalised values",
     "model.num_sample_steps": "Euler steps of the flow sampler when the actor queries the policy",
     "model.prompt": "task instruction given to the policy and written into datasets; empty: the one the robot sends",
     "model.remat": "activation rematerialisation per layer: none | dots | full",
@@ -202,6 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
         max_token_len=48,
         tokenizer="",
         norm_stats="auto",
+        norm_min_std=0.05,
         num_sample_steps=10,
         prompt="",
         remat="full",

@@ -119,7 +119,7 @@ def norm_stats(s: Settings, windows: Mapping[str, Any] | None = None) -> dict[st
 
         if not windows or "demo" not in windows:
             raise ConfigError("--config.model.norm_stats=demos: no demo window (data.demos) in this role")
-        return norm_stats_from_windows([windows["demo"]])
+        return norm_stats_from_windows([windows["demo"]], min_std=float(s.cfg.model.norm_min_std))
     if choice == "auto":
         if s.init.kind != "random":
             root = s.init.path if s.init.path.is_dir() else s.init.path.parent

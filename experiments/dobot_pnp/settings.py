@@ -222,6 +222,8 @@ def _check_model(model, uses_model: bool) -> None:
     for name in ("action_horizon", "num_sample_steps"):
         if model[name] < 1:
             raise _fail(f"model.{name}", f"must be >= 1, got {model[name]}")
+    if model.norm_min_std < 0:
+        raise _fail("model.norm_min_std", f"must be >= 0, got {model.norm_min_std}")
     if model.max_token_len < 0:
         raise _fail("model.max_token_len", f"must be >= 0 (0: the preset's), got {model.max_token_len}")
     if model.tokenizer and not pathlib.Path(model.tokenizer).expanduser().is_file():

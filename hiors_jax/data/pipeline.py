@@ -197,8 +197,12 @@ class RunningStats:
         return NormStats(mean=self.mean, std=std, q01=q[0], q99=q[1])
 
 
-def norm_stats_from_windows(windows: Iterable[FrameWindow]) -> dict[str, NormStats]:
+def norm_stats_from_windows(windows: Iterable[FrameWindow], min_std: float = 0.0) -> dict[str, NormStats]:
     """openpi-format stats ({"state", "actions"}: mean, std, q01, q99) over every frame the windows hold.
+
+    min_std: floor of each dim's std and of half its q01..q99 range (widened about its centre). A dim the data never
+    moves (the idle arm of a one-arm task) has std ~0, and normalising by std + 1e-6 turns any later movement of it
+    (a drifting policy, a takeover) into values of 1e2..1e6 that swamp the loss. 0 keeps openpi's exact stats.
 
     Actions are counted over all H rows of each target chunk, as openpi counts its action chunks. All data go
     into one update, so the quantile histograms span the final min/max (openpi's batch-by-batch updates
@@ -217,8 +221,21 @@ def norm_stats_from_windows(windows: Iterable[FrameWindow]) -> dict[str, NormSta
     for key, values in (("state", state), ("actions", np.concatenate(actions))):
         stats = RunningStats()
         stats.update(values)
-        out[key] = stats.get()
+        out[key] = floor_spread(stats.get(), min_std)
     return out
+
+
+def floor_spread(stats: NormStats, min_std: float) -> NormStats:
+    """`stats` with std >= min_std and q99 - q01 >= 2 * min_std in every dim (see norm_stats_from_windows)."""
+    if min_std < 0:
+        raise ValueError(f"min_std must be >= 0, got {min_std}")
+    if min_std == 0:
+        return stats
+    q01, q99 = stats.q01, stats.q99
+    if q01 is not None:
+        centre, half = (q01 + q99) / 2, np.maximum((q99 - q01) / 2, min_std)
+        q01, q99 = centre - half, centre + half
+    return NormStats(mean=stats.mean, std=np.maximum(stats.std, min_std), q01=q01, q99=q99)
 
 
 # ------------------------------------------------------------------------------------------------ host side

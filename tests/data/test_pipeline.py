@@ -17,6 +17,7 @@ from hiors_jax.data.pipeline import (
     color_jitter,
     crop_rotate,
     finish_batch,
+    floor_spread,
     norm_stats_from_windows,
     source_counts,
 )
@@ -202,6 +203,24 @@ def test_running_stats_match_numpy():
         chunked.update(part)
     np.testing.assert_allclose(chunked.get().mean, got.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(chunked.get().std, got.std, rtol=1e-6)
+
+
+def test_floor_spread_keeps_idle_dims_from_blowing_up():
+    rng = np.random.default_rng(0)
+    data = np.c_[rng.standard_normal(1000), np.full(1000, 0.3)]  # dim 1 never moves (an idle arm)
+    stats = RunningStats()
+    stats.update(data)
+    exact = stats.get()
+    assert exact.std[1] < 1e-9 and floor_spread(exact, 0.0) is exact  # 0: openpi's exact stats
+    floored = floor_spread(exact, 0.05)
+    assert floored.std[0] == exact.std[0] and floored.std[1] == 0.05
+    np.testing.assert_allclose([floored.q01[1], floored.q99[1]], [0.25, 0.35], atol=1e-9)
+    moved = np.array([[0.0, 0.4]])  # the idle dim drifts by 0.1 later
+    assert abs(normalize(moved, exact, False)[0, 1]) > 1e4
+    assert abs(normalize(moved, floored, False)[0, 1]) == pytest.approx(2.0, rel=1e-4)
+    assert normalize(moved, floored, True)[0, 1] == pytest.approx(2.0, rel=1e-4)  # (0.4 - 0.25) / 0.1 * 2 - 1
+    with pytest.raises(ValueError, match="min_std"):
+        floor_spread(exact, -1.0)
 
 
 def test_loader_waits_for_an_empty_source(tmp_path, setup):
