@@ -314,8 +314,9 @@ def _dispatch(s, argv: list[str], stop: threading.Event) -> int:
         return rc
     if s.cfg.role == "actor":
         if not s.needs_actors:
-            raise_error = f"--config.role=actor: {s.algorithm} trains offline on demos; it has no actors"
-            print(f"error: {raise_error}", file=sys.stderr)
+            print(
+                f"error: --config.role=actor: {s.algorithm} trains offline on demos; it has no actors", file=sys.stderr
+            )
             return 2
         position = int(os.environ.get("HIORS_PROGRESS_POSITION", "0"))
         return run_actor.run(s, stop, progress_position=position)

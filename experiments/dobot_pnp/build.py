@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.dobot_pnp.settings import ConfigError, Settings
+from hiors_jax.data.pipeline import DEFAULT_CAMERA_MAP  # the actor must feed cameras as the learner trained them
 from hiors_jax.models import config as model_configs
 from hiors_jax.models import pi0, preprocessing, tokenizer, weights
 from hiors_jax.models.config import Pi0Config
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 ASSET_ID = "xtrainer"
 ROBOT_DIM = 14
-CAMERA_MAP = {"base_0_rgb": "cam_high", "left_wrist_0_rgb": "cam_left_wrist", "right_wrist_0_rgb": "cam_right_wrist"}
 # The tiny presets' tokenizer is trained on these (and the run's prompt), so every process of a run, on any
 # machine, trains the same one: the X-Trainer task's prompt and the simulated tasks' (robot.sim.xtrainer.TASKS).
 TINY_CORPUS = (
@@ -154,7 +154,7 @@ def make_policy(
     *,
     num_steps: int,
     prompt: str | None = None,
-    camera_map: Mapping[str, str | None] = CAMERA_MAP,
+    camera_map: Mapping[str, str | None] = DEFAULT_CAMERA_MAP,
 ) -> Policy:
     """policy(params, obs, key) -> (horizon, robot dims) float32 chunk in robot units, for `train.actor.Actor`.
 
@@ -252,33 +252,19 @@ def policy_params_from_checkpoint(step_dir: pathlib.Path) -> dict:
 
 
 def load_run_policy(path: str | os.PathLike) -> tuple[Pi0Config, dict, dict, pathlib.Path, str | None]:
-    """(config, params, norm stats, tokenizer path, prompt) from an openpi-layout policy dir (`<run>/policy`,
-    the demo's checkpoint) or a learner checkpoint step (`<run>/checkpoints/<step>`, with the run's files)."""
+    """(config, params, norm stats, tokenizer path, prompt) of a learner checkpoint step `<run>/checkpoints/<step>`,
+    with the run's files beside it. (An openpi-layout policy dir loads through serve.CheckpointPolicy.)"""
     path = pathlib.Path(path).expanduser().resolve()
-    if (path / "state").is_dir() and path.parent.name == "checkpoints":
-        run = path.parent.parent
-        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-        model = cfg.get("model", {})
-        params = policy_params_from_checkpoint(path)
-        overrides = {"action_horizon": model.get("action_horizon", 50)}
-        if model.get("max_token_len"):
-            overrides["max_token_len"] = model["max_token_len"]
-        config = pi0.infer_config(params, dtype=model.get("dtype", "float32"), **overrides)
-        stats = preprocessing.load_norm_stats(run / "assets" / ASSET_ID)
-        tok = pathlib.Path(model["tokenizer"]) if model.get("tokenizer") else run / "tokenizer.model"
-        return config, params, _checked_stats(stats, run), tok, model.get("prompt")
-    if (path / "params").is_dir():
-        meta = json.loads((path / "policy.json").read_text()) if (path / "policy.json").is_file() else {}
-        config, params = pi0.load_openpi_params(path)
-        found = sorted((path / "assets").glob("*/norm_stats.json"))
-        if len(found) != 1:
-            raise FileNotFoundError(f"{path}/assets holds {len(found)} norm_stats.json (need exactly one)")
-        stats = _checked_stats(preprocessing.load_norm_stats(found[0].parent), found[0])
-        toks = sorted(path.glob("*.model"))
-        if len(toks) != 1:
-            raise FileNotFoundError(f"{path} holds {len(toks)} tokenizer models (*.model); need exactly one")
-        return config, params, stats, toks[0], meta.get("prompt")
-    raise FileNotFoundError(
-        f"{path} is neither a policy directory (params/ + assets/) nor a learner checkpoint step "
-        "(<run>/checkpoints/<step> with state/)"
-    )
+    if not ((path / "state").is_dir() and path.parent.name == "checkpoints"):
+        raise FileNotFoundError(f"{path} is not a learner checkpoint step (<run>/checkpoints/<step> with state/)")
+    run = path.parent.parent
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    model = cfg.get("model", {})
+    params = policy_params_from_checkpoint(path)
+    overrides = {"action_horizon": model.get("action_horizon", 50)}
+    if model.get("max_token_len"):
+        overrides["max_token_len"] = model["max_token_len"]
+    config = pi0.infer_config(params, dtype=model.get("dtype", "float32"), **overrides)
+    stats = preprocessing.load_norm_stats(run / "assets" / ASSET_ID)
+    tok = pathlib.Path(model["tokenizer"]) if model.get("tokenizer") else run / "tokenizer.model"
+    return config, params, _checked_stats(stats, run), tok, model.get("prompt")

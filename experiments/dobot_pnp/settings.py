@@ -241,8 +241,6 @@ def _pipeline(cfg, learner: LearnerConfig) -> PipelineConfig:
     ratios = {k: float(v) for k, v in _plain(cfg.pipeline.ratios).items()}
     if any(v < 0 for v in ratios.values()) or not any(v > 0 for v in ratios.values()):
         raise _fail("pipeline.ratios", f"must be >= 0 with at least one > 0, got {ratios}")
-    if learner.algorithm == "sac" and ratios.get("accepted", 0) > 0 and ratios.get("online", 0) == 0:
-        pass  # SAC on accepted-only data is allowed (it then sees successes only)
     try:
         return PipelineConfig(
             batch_size=learner.batch_size,
