@@ -107,13 +107,25 @@ class Expert:
 
 
 class ReachExpert(Expert):
-    """Easy task: left TCP onto the marker, gripper pointing +x pitched 0.5 rad down; the right arm parks."""
+    """Easy task: left TCP onto the marker, gripper aimed along the horizontal line from the left arm's base to the
+    marker and pitched 0.5 rad down; the right arm parks.
 
-    ROT = rot_y(0.5)
+    Why aim at the marker rather than hold one world orientation: a fixed orientation makes the wrist undo the
+    waist's yaw with forearm_roll and wrist_rotate, which have two mirrored solutions (about +-1 rad each) that
+    the IK picks between by small differences, so demos of neighbouring targets disagreed by 2 rad in those
+    joints and a policy trained on them averaged the branches. Aimed, roll and rotate stay near 0 and the joint
+    goal is a smooth function of the marker's position, as a person's natural reach is."""
+
+    PITCH = 0.5
+
+    def rotation(self, target: np.ndarray) -> np.ndarray:
+        base = self.sim.model.body("vx300s_left").pos
+        return rot_z(np.arctan2(target[1] - base[1], target[0] - base[0])) @ rot_y(self.PITCH)
 
     def plan(self) -> Iterator[None]:
         target = self.sim.target
-        goal = self.ik_goal("left", target, self.ROT)
+        rot = self.rotation(target)
+        goal = self.ik_goal("left", target, rot)
         yield from self.joint_move({"left": goal, "right": sim_model.START_ARM_QPOS})
         aim = target.copy()
         while True:  # close the loop on the measured TCP: sag and lag leave a few millimetres
@@ -121,7 +133,7 @@ class ReachExpert(Expert):
             error = target - self.sim.tcp("left")[0]
             if np.linalg.norm(error) > 0.004:
                 aim = aim + 0.7 * error
-                yield from self.cartesian_move("left", aim, self.ROT, 0.1)
+                yield from self.cartesian_move("left", aim, rot, 0.1)
 
 
 class TransferExpert(Expert):
