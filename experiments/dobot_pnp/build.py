@@ -63,7 +63,11 @@ def initial_params(s: Settings, key: jax.Array) -> tuple[Pi0Config, dict]:
     """(config, float32 master params) from `model.init`: random, openpi:PATH or safetensors:PATH."""
     overrides = dict(model_overrides(s), compute_dtype=s.cfg.model.dtype)
     if s.init.kind == "openpi":
-        config, params = pi0.load_openpi_params(s.init.path, dtype="float32", **overrides)
+        from experiments.dobot_pnp.serve import exported_model_settings  # a policy this project exported
+
+        path = pathlib.Path(s.init.path)
+        overrides.update(exported_model_settings(path.parent if path.name == "params" else path))
+        config, params = pi0.load_openpi_params(path, dtype="float32", **overrides)
     elif s.init.kind == "safetensors":
         # PyTorch shapes do not say how fused projections split into heads: the preset's shapes do.
         config = model_config(s)
@@ -218,9 +222,10 @@ def save_run_stats(s: Settings, stats: Mapping[str, preprocessing.NormStats]) ->
     return preprocessing.save_norm_stats(s.workdir / "assets" / ASSET_ID / "norm_stats.json", stats)
 
 
-def export_policy(s: Settings, params, stats, tok_path: pathlib.Path) -> pathlib.Path:
+def export_policy(s: Settings, config: Pi0Config, params, stats, tok_path: pathlib.Path) -> pathlib.Path:
     """<run>/policy in openpi's layout (params/, assets/xtrainer/norm_stats.json, the tokenizer beside them),
-    written to a fresh directory and swapped in, so a reader never sees half a policy."""
+    written to a fresh directory and swapped in, so a reader never sees half a policy. policy.json beside them
+    holds the run, the prompt and the model settings the params' shapes do not tell (serve.CheckpointPolicy)."""
     from hiors_jax.train.checkpoints import export_policy as write
 
     final = s.workdir / "policy"
@@ -228,7 +233,8 @@ def export_policy(s: Settings, params, stats, tok_path: pathlib.Path) -> pathlib
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp, params, stats, ASSET_ID)
     shutil.copyfile(tok_path, tmp / "tokenizer.model")
-    (tmp / "policy.json").write_text(json.dumps({"run": str(s.workdir), "prompt": s.cfg.model.prompt}))
+    info = {"run": str(s.workdir), "prompt": s.cfg.model.prompt, "model": {"state_input": config.state_input}}
+    (tmp / "policy.json").write_text(json.dumps(info))
     old = s.workdir / f".policy.old.{os.getpid()}"
     if final.exists():
         os.replace(final, old)

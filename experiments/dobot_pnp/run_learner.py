@@ -167,6 +167,6 @@ def run(s: Settings, stop: threading.Event) -> int:
             server.stop()
         if replay is not None:
             replay.close()  # publishes the saved episodes into the LeRobot datasets
-    policy_dir = build.export_policy(s, learner.agent.policy_params(final), stats, tok_path)
+    policy_dir = build.export_policy(s, config, learner.agent.policy_params(final), stats, tok_path)
     print(f"learner: stopped at step {int(final.step)}; policy exported to {policy_dir}", flush=True)
     return 0

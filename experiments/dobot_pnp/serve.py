@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import hmac
 import http
+import json
 import logging
 import pathlib
 import signal
@@ -54,6 +55,30 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------------------
 # The policy: checkpoint -> jitted sampler, observation -> action chunk in robot units
 # --------------------------------------------------------------------------------------------------------
+
+
+# Model settings a policy exported by this project records in policy.json (the params' shapes do not tell them).
+EXPORTED_MODEL_SETTINGS = {"state_input": bool}
+
+
+def exported_model_settings(checkpoint: pathlib.Path) -> dict:
+    """The `model` settings of the checkpoint's policy.json ({} for openpi's checkpoints, which have none)."""
+    path = checkpoint / "policy.json"
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text()).get("model", {})
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: not a JSON object ({err})") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: 'model' must be an object, got {type(settings).__name__}")
+    for key, value in settings.items():
+        kind = EXPORTED_MODEL_SETTINGS.get(key)
+        if kind is None:
+            raise CheckpointError(f"{path}: unknown model setting {key!r} (known: {sorted(EXPORTED_MODEL_SETTINGS)})")
+        if not isinstance(value, kind):
+            raise CheckpointError(f"{path}: model.{key} must be {kind.__name__}, got {value!r}")
+    return settings
 
 
 def find_asset_dir(checkpoint: pathlib.Path, asset_id: str | None) -> pathlib.Path:
@@ -145,6 +170,7 @@ class CheckpointPolicy:
         overrides = {"action_horizon": action_horizon}
         if max_token_len:
             overrides["max_token_len"] = max_token_len
+        overrides.update(exported_model_settings(checkpoint))
         self.config, self.params = pi0.load_openpi_params(checkpoint, dtype=dtype, **overrides)
         if norm["actions"].dim > self.config.action_dim or norm["state"].dim > self.config.action_dim:
             raise CheckpointError(

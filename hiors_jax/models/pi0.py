@@ -282,7 +282,8 @@ class Pi0(nn.Module):
         batch = x_t.shape[0]
         tokens, ar = [], []
         if not config.pi05:
-            tokens.append(proj["state_proj"](obs.state)[:, None, :])
+            state = obs.state if config.state_input else jnp.zeros_like(obs.state)
+            tokens.append(proj["state_proj"](state)[:, None, :])
             ar.append(True)
         action_tokens = proj["action_in_proj"](x_t)
         time_emb = posemb_sincos(time, config.expert.width)

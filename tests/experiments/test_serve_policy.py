@@ -130,6 +130,46 @@ def test_bad_checkpoint_options_name_the_option(tiny_checkpoint, kwargs, message
         serve.CheckpointPolicy(tiny_checkpoint, **kwargs)
 
 
+def _with_policy_json(tmp_path, tiny_checkpoint, text: str):
+    """The tiny checkpoint (linked) with a policy.json, as build.export_policy writes one."""
+    checkpoint = tmp_path / "policy"
+    checkpoint.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        (checkpoint / item.name).symlink_to(item)
+    (checkpoint / "policy.json").write_text(text)
+    return checkpoint
+
+
+def test_exported_state_free_policy_ignores_the_state(tmp_path, tiny_checkpoint, robot_frame):
+    checkpoint = _with_policy_json(tmp_path, tiny_checkpoint, '{"prompt": "", "model": {"state_input": false}}')
+    blind = serve.CheckpointPolicy(checkpoint, asset_id="xtrainer", num_steps=3)
+    seeing = serve.CheckpointPolicy(tiny_checkpoint, asset_id="xtrainer", num_steps=3)
+    assert blind.config.state_input is False and seeing.config.state_input is True
+    noise = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
+    moved = {**robot_frame, "state": robot_frame["state"] + 0.5}
+    np.testing.assert_array_equal(
+        blind.infer(robot_frame, noise=noise)["actions"], blind.infer(moved, noise=noise)["actions"]
+    )
+    assert not np.allclose(
+        seeing.infer(robot_frame, noise=noise)["actions"], seeing.infer(moved, noise=noise)["actions"]
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"model": {"state_inputs": false}}', "unknown model setting 'state_inputs'"),
+        ('{"model": {"state_input": "no"}}', "model.state_input must be bool"),
+        ('{"model": [1]}', "'model' must be an object"),
+        ("not json", "not a JSON object"),
+    ],
+)
+def test_bad_policy_json_names_the_setting(tmp_path, tiny_checkpoint, text, message):
+    checkpoint = _with_policy_json(tmp_path, tiny_checkpoint, text)
+    with pytest.raises(serve.CheckpointError, match=message):
+        serve.CheckpointPolicy(checkpoint, asset_id="xtrainer")
+
+
 def test_checkpoint_without_params_or_tokenizer(tmp_path, tiny_checkpoint):
     with pytest.raises(serve.CheckpointError, match="no params/"):
         serve.CheckpointPolicy(tmp_path)

@@ -177,3 +177,22 @@ def test_real_presets_have_openpi_parameter_counts():
         4304,
     )
     assert pi0.infer_config(shapes) == model_config.pi0_config()
+
+
+def test_state_input_false_ignores_the_state():
+    """The sim preset's PI0 without proprioception: the state token is the same whatever the state."""
+    import dataclasses
+
+    cfg = model_config.tiny_config(pi05=False, action_horizon=6, max_token_len=10)
+    params = random_params(cfg, seed=3)
+    blind = dataclasses.replace(cfg, state_input=False)
+    obs = random_observation(cfg, batch=1, seed=5)
+    moved = dataclasses.replace(obs, state=obs.state + 1.0)
+    x_t = _chunk(cfg, 1, 6)
+    same = [pi0.predict_velocity(blind, params, o, x_t, 0.5) for o in (obs, moved)]
+    np.testing.assert_array_equal(same[0], same[1])
+    seen = [pi0.predict_velocity(cfg, params, o, x_t, 0.5) for o in (obs, moved)]
+    assert not np.allclose(seen[0], seen[1])
+    assert model_config.get_preset("pi0_sim").state_input is False
+    with pytest.raises(ValueError, match="state_input=False is for PI0"):
+        model_config.tiny_config(pi05=True, state_input=False)
