@@ -500,8 +500,11 @@ class TrainerServer:
                         inserted.append(item)
                     except Exception as exc:
                         # A poison item must not stall the stream: refuse it loudly on both ends and go on.
+                        # A ValueError is the store's own verdict on the data (its message says what is wrong,
+                        # e.g. a resend of an episode it already committed): no traceback for that.
                         self.stats["rejected_items"] += 1
-                        log.exception("store %r rejected item %d from actor %s", store_name, seq, actor)
+                        log.error("store %r rejected item %d from actor %s: %s", store_name, seq, actor, exc,
+                                  exc_info=not isinstance(exc, ValueError))  # fmt: skip
                         rejected.append([seq, f"{type(exc).__name__}: {exc}"])
                 self.ledger.advance(key, seq, commit=self.ack == "insert")
             info = self.actors[actor]

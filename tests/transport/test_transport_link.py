@@ -187,11 +187,16 @@ def test_raising_callbacks_are_logged_and_the_server_keeps_serving(learner, acto
     assert client.request("unknown-type", {}) is None
 
 
-def test_poison_item_is_refused_loudly_and_the_stream_goes_on(trainer_config, actors, caplog):
+@pytest.mark.parametrize(
+    "error, traceback",
+    [(KeyError("dones"), True), (ValueError("episode 3 is already committed"), False)],
+    ids=["unexpected", "store-verdict"],
+)
+def test_poison_item_is_refused_loudly_and_the_stream_goes_on(trainer_config, actors, caplog, error, traceback):
     class PickyStore(ListStore):
         def insert(self, data):
             if data["id"] == "a-1":
-                raise KeyError("dones")
+                raise error
             super().insert(data)
 
     server = TrainerServer(trainer_config)
@@ -206,7 +211,9 @@ def test_poison_item_is_refused_loudly_and_the_stream_goes_on(trainer_config, ac
         assert client.update()
         assert ids(store) == ["a-0", "a-2"]
         assert client.stats["rejected_items"] == 1 and server.stats["rejected_items"] == 1
-        assert "could not insert item 1" in caplog.text
+        assert "could not insert item 1" in caplog.text and str(error) in caplog.text
+        # An unexpected error keeps its traceback on the learner; the store's verdict on the data is its message.
+        assert ("Traceback" in caplog.text) == traceback
     finally:
         server.stop()
 
