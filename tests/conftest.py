@@ -6,10 +6,12 @@ compare against the real openpi and lerobot can never silently drop out of a gre
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # net_helpers; importlib mode does not add test dirs
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # HIORS_SHARED_FIXTURES points elsewhere (the suite's own check of this policy uses it).

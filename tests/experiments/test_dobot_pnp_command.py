@@ -16,6 +16,7 @@ from contextlib import closing
 
 import numpy as np
 import pytest
+from net_helpers import free_ports
 
 from experiments.dobot_pnp import build
 from hiors_jax.data.lerobot import LeRobotDataset
@@ -32,16 +33,6 @@ SMALL = [
     "--config.learner.publish_every=5",
     "--config.learner.min_accepted_frames=5",
 ]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def command(variant: str, out: pathlib.Path, *overrides: str, timeout: float = 400) -> subprocess.CompletedProcess:

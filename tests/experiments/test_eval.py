@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from net_helpers import free_port
 
 pytest.importorskip("mujoco", reason="the sim needs the `sim` extra (mujoco)")
 
@@ -312,14 +313,6 @@ def test_a_learner_checkpoint_step_acts_like_its_exported_policy(demo_checkpoint
         ours, theirs = step_policy.infer(frame)["actions"], dir_policy.infer(frame)["actions"]
         assert ours.shape == (50, 14)
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.integration

@@ -4,12 +4,12 @@ refusing an observation, an observation over the env's frame limit, the env goin
 import concurrent.futures
 import logging
 import re
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
+from net_helpers import free_port
 from websockets.sync.client import connect
 
 from robot.dobot.bridge import Bridge, BridgeConfig, EnvError
@@ -51,12 +51,6 @@ class FakeIO:
 
     def episode_label(self):
         return None, ""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def retry_delays(records):

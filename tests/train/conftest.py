@@ -6,7 +6,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "agents"))
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import pytest  # noqa: E402
-from agent_helpers import free_ports as _free_ports  # noqa: E402
+from net_helpers import free_ports as _free_ports  # noqa: E402
 
 
 @pytest.fixture

@@ -1,21 +1,15 @@
 """Shared helpers of the transport tests (imported by the tests and by the peer processes they start)."""
 
+import pathlib
 import socket
+import sys
 import threading
 
 from hiors_jax.transport import DataStoreBase
 
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+# Peer processes import this module with only tests/transport on their path: net_helpers sits in tests/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from net_helpers import free_ports  # noqa: E402, F401 (re-exported for the transport tests and peers)
 
 
 class ListStore(DataStoreBase):
