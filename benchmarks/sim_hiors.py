@@ -110,7 +110,7 @@ class BenchConfig:
     preset: str = "pi0_sim"
     camera_size: tuple[int, int] = (48, 64)  # (H, W) the sim renders (the X-Trainer's aspect ratio)
     demos: int = 50  # base demo episodes
-    base_updates: int = 4000
+    base_updates: int = 2500
     frames: int = 400  # online frame budget per method (transitions collected after the base demos)
     frames_per_round: int = 100
     updates_per_round: int = 250
