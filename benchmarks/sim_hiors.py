@@ -1,6 +1,6 @@
 """Hi-ORS against its baselines on the simulated X-Trainer, reproducibly, on a CPU.
 
-    python benchmarks/sim_hiors.py [--task easy] [--seeds 0,1,2] [--frames 300] [--out outputs/sim_hiors]
+    python benchmarks/sim_hiors.py [--task easy] [--seeds 0,1,2] [--frames 400] [--out outputs/sim_hiors]
     python benchmarks/sim_hiors.py --quick            # smoke test: tiny budget, one seed, a few minutes
 
 Pipeline per seed (everything seeded: sim initial conditions, model init, batches, policy noise):
@@ -34,12 +34,13 @@ robot the human keeps driving during the ~0.4 s query latency (several rows per 
 therefore executes 2 chunk steps per teleop query (`--teleop-steps 2`, 0.2 s, 2 rows), closer to the real
 robot's 0.1 s + latency.
 
-Measured (2026-12, 2 shared CPU cores, defaults, 3 seeds): 53 min wall. No method reaches the target: the
-from-scratch SFT base (1500 updates) ends 17-25 cm from the ball (holding still: 15 cm), so its chunks are not yet
-a reaching policy, and a few hundred further updates change little (Hi-ORS and its no-filter ablation end closest,
-15-17 cm; SAC drifts to 34 cm). The loss of the online Hi-ORS variants is large because the policy's states lie
-far outside the demos' norm stats. Reaching >= 90 % needs a base that reaches first (many more updates, i.e. a
-GPU: raise --base-updates / --updates-per-round); `transfer` episodes are ~5x longer (36 transitions per demo).
+Measured (2026-12-03, 2 CPU cores, defaults, 3 seeds, benchmarks/results/sim_hiors_easy/): 76 min wall (a niced
+test suite shared the cores for most of it; ~24 min per seed, the base ~5-7 min of it). SFT base 77 %; after 400
+online frames, success of the policy alone on held-out targets (success within 1 / 3 trials): hiors 93 / 100 %,
+sft 100 / 100 %, hiors_no_filters 97 / 100 %, hiors_no_takeover 73 / 77 % (it only keeps the policy's own
+successes, which add nothing new), sac 0 % (its actor loss grows to 7-13 and the TCP ends ~10 cm away). The easy
+task does not separate Hi-ORS from SFT: the base is already at 77 %. benchmarks/sim_base.py records why the task
+box, the expert's orientation and the preset's missing state input are what they are.
 
 Outputs under --out: `results.json`, `results.md` (the table), `success_vs_frames.png`, tensorboard event files
 under `tensorboard/<method>/seed<k>/` (`eval/success` against frames, training losses against updates).
