@@ -65,9 +65,8 @@ def initial_params(s: Settings, key: jax.Array) -> tuple[Pi0Config, dict]:
     if s.init.kind == "openpi":
         from experiments.dobot_pnp.serve import exported_model_settings  # a policy this project exported
 
-        path = pathlib.Path(s.init.path)
-        overrides.update(exported_model_settings(path.parent if path.name == "params" else path))
-        config, params = pi0.load_openpi_params(path, dtype="float32", **overrides)
+        overrides.update(exported_model_settings(s.init.path))
+        config, params = pi0.load_openpi_params(s.init.path, dtype="float32", **overrides)
     elif s.init.kind == "safetensors":
         # PyTorch shapes do not say how fused projections split into heads: the preset's shapes do.
         config = model_config(s)

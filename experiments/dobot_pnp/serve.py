@@ -62,7 +62,11 @@ EXPORTED_MODEL_SETTINGS = {"state_input": bool}
 
 
 def exported_model_settings(checkpoint: pathlib.Path) -> dict:
-    """The `model` settings of the checkpoint's policy.json ({} for openpi's checkpoints, which have none)."""
+    """The `model` settings of the checkpoint's policy.json ({} for openpi's checkpoints, which have none).
+    `checkpoint` is the policy directory or its params/ item, as pi0.load_openpi_params takes either."""
+    checkpoint = pathlib.Path(checkpoint)
+    if checkpoint.name == "params" and (checkpoint / "_METADATA").is_file():
+        checkpoint = checkpoint.parent
     path = checkpoint / "policy.json"
     if not path.is_file():
         return {}

@@ -145,6 +145,8 @@ def test_exported_state_free_policy_ignores_the_state(tmp_path, tiny_checkpoint,
     blind = serve.CheckpointPolicy(checkpoint, asset_id="xtrainer", num_steps=3)
     seeing = serve.CheckpointPolicy(tiny_checkpoint, asset_id="xtrainer", num_steps=3)
     assert blind.config.state_input is False and seeing.config.state_input is True
+    # model.init=openpi: may name the params/ item itself: its policy.json is one level up.
+    assert serve.exported_model_settings(checkpoint / "params") == {"state_input": False}
     noise = np.random.default_rng(0).normal(size=(50, 32)).astype(np.float32)
     moved = {**robot_frame, "state": robot_frame["state"] + 0.5}
     np.testing.assert_array_equal(
